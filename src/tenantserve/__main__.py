@@ -1,0 +1,3 @@
+from tenantserve.cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""The ``tenantserve`` command: a thin layer of parse -> call -> print -> exit code over the Python API.
+
+Errors raised inside as ``TenantserveError`` become one line on stderr and the error's exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from tenantserve import __version__
+from tenantserve.errors import TenantserveError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except TenantserveError as exc:
+            click.echo(f"tenantserve: error [{exc.code}]: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="tenantserve")
+def main() -> None:
+    """Multi-tenant LoRA serving on vLLM: one base model, many tenants' fine-tunes, one batch.
+
+    \b
+    Start here:
+      tenantserve demo                 the lab, end to end, on the embedded model
+      tenantserve launch --dry-run     show the vllm serve command built from the registry
+      tenantserve launch               run the engine from the registry (configs/adapters.yaml)
+    """
+
+
+def _register() -> None:
+    from tenantserve.cli import demo, launch
+
+    for module in (launch, demo):
+        main.add_command(module.command)
+
+
+_register()

@@ -1,0 +1,105 @@
+"""A vLLM engine as a child process: start it, wait until it answers, stop it (or kill it, for tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tenantserve.errors import EngineError
+from tenantserve.launcher import LaunchPlan
+
+
+class EngineProcess:
+    """One engine in its own process group, logging to a file. Cheap to construct; ``start`` does the work."""
+
+    def __init__(self, plan: LaunchPlan, *, base_url: str, log_path: Path, extra_env: dict[str, str] | None = None):
+        self.plan = plan
+        self.base_url = base_url.rstrip("/")
+        self.log_path = log_path
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        env = {**os.environ, **self.plan.env, **self.extra_env}
+        try:
+            self.proc = subprocess.Popen(
+                self.plan.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            log.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 300.0, *, tick: Callable[[float], None] | None = None) -> float:
+        """Poll ``/health`` until the engine answers 200; return the seconds it took. Fails fast if it dies."""
+        start = time.monotonic()
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                elapsed = time.monotonic() - start
+                if not self.running():
+                    code = self.proc.returncode if self.proc else None
+                    raise EngineError(f"vLLM exited with code {code} before it was ready; last log lines:\n{self.log_tail()}")
+                try:
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        return elapsed
+                except httpx.HTTPError:
+                    pass
+                if elapsed > timeout:
+                    self.stop()
+                    raise EngineError(f"vLLM was not ready after {timeout:.0f} s; last log lines:\n{self.log_tail()}")
+                if tick:
+                    tick(elapsed)
+                time.sleep(0.5)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the whole process group (API server, EngineCore, workers); SIGKILL whatever is left after ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.proc.wait()
+        self._signal_group(signal.SIGKILL)  # stragglers of the group, if any
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """``kill -9`` the engine and its children: a crash, for tests of recovery."""
+        if self.proc is not None:
+            self._signal_group(signal.SIGKILL)
+            self.proc.wait()
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> EngineProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,70 @@
+"""The memory bill of consolidation: one shared base, and a small delta per adapter.
+
+``adapter_bytes`` is the lab's formula: layers x sum over target modules of r x (in + out) x dtype bytes.
+It is reconciled against the bytes on disk (``adapters.bytes_on_disk``) by the demo and by ``plan``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1}
+GIB = 1024**3
+MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class LinearShapes:
+    """(in_features, out_features) of every LoRA-targetable linear layer of one decoder block (Llama family)."""
+
+    layers: int
+    shapes: dict[str, tuple[int, int]]
+
+    @classmethod
+    def from_config(cls, config: dict) -> LinearShapes:
+        hidden = int(config["hidden_size"])
+        heads = int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or hidden // heads)
+        inter = int(config["intermediate_size"])
+        shapes = {
+            "q_proj": (hidden, heads * head_dim),
+            "k_proj": (hidden, kv_heads * head_dim),
+            "v_proj": (hidden, kv_heads * head_dim),
+            "o_proj": (heads * head_dim, hidden),
+            "gate_proj": (hidden, inter),
+            "up_proj": (hidden, inter),
+            "down_proj": (inter, hidden),
+        }
+        return cls(layers=int(config["num_hidden_layers"]), shapes=shapes)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path) -> LinearShapes:
+        return cls.from_config(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
+
+
+def adapter_bytes(shapes: LinearShapes, target_modules: tuple[str, ...] | list[str], rank: int, dtype_bytes: int) -> int:
+    """Bytes of a LoRA adapter's A and B matrices: layers x sum(r x (in + out)) x dtype bytes."""
+    per_layer = 0
+    for module in target_modules:
+        if module not in shapes.shapes:
+            raise KeyError(f"unknown target module '{module}' (known: {', '.join(shapes.shapes)})")
+        fan_in, fan_out = shapes.shapes[module]
+        per_layer += rank * (fan_in + fan_out)
+    return shapes.layers * per_layer * dtype_bytes
+
+
+def llama2_7b_shapes() -> LinearShapes:
+    """Llama-2-7B: hidden 4096, 32 layers, 32 heads, MLP 11008 — the production reference of the lab."""
+    return LinearShapes.from_config(
+        {"hidden_size": 4096, "num_attention_heads": 32, "intermediate_size": 11008, "num_hidden_layers": 32}
+    )
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"

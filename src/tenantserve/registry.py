@@ -1,0 +1,235 @@
+"""The tenant registry (``configs/adapters.yaml``): the single source of truth for what one engine serves.
+
+Pydantic models describe it; ``Registry.load`` reads and validates a file and reports every problem with the
+place it was found (``adapters.yaml:14: tenants[0].adapters[1].name: ...``); ``Registry.save`` writes atomically,
+so a reader (or a crash half-way) never sees half a file. Relative paths in the file are relative to the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from tenantserve.errors import RegistryError
+from tenantserve.yamlpos import YamlDocument
+
+#: The ranks vLLM 0.32 accepts for ``--max-lora-rank``.
+ALLOWED_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+#: Adapter names become OpenAI model names and path-like keys: keep them to a safe, printable alphabet.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+AdapterName = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BaseSpec(_Strict):
+    """The base model every adapter in this registry is applied to."""
+
+    name: AdapterName = Field(description="Model name clients send in the OpenAI `model` field for the base.")
+    path: Path = Field(description="Directory of the base model (config.json, weights, tokenizer).")
+    fingerprint: str | None = Field(
+        default=None, description="Pinned fingerprint of the base; the engine refuses a base that differs."
+    )
+
+
+class EngineSpec(_Strict):
+    """Engine knobs: how many adapters fit in the batch's slots, how large they may be, how many stay in host memory."""
+
+    max_loras: int = Field(default=2, ge=1, le=256, description="Adapter slots: distinct adapters in one batch.")
+    max_lora_rank: int | None = Field(
+        default=None, description="Largest adapter rank (slot size). Derived from the adapters when left out."
+    )
+    max_cpu_loras: int | None = Field(
+        default=None, ge=1, description="Adapters kept in host memory (>= max_loras). Default: every registered one."
+    )
+    max_model_len: int | None = Field(default=None, ge=16, description="Context length; <= the base's positions.")
+    dtype: str = Field(default="auto", pattern=r"^(auto|float32|float16|bfloat16)$")
+    extra_args: list[str] = Field(default_factory=list, description="Further `vllm serve` arguments, verbatim.")
+
+    @model_validator(mode="after")
+    def _check_knobs(self) -> EngineSpec:
+        if self.max_lora_rank is not None and self.max_lora_rank not in ALLOWED_LORA_RANKS:
+            allowed = ", ".join(map(str, ALLOWED_LORA_RANKS))
+            raise ValueError(f"max_lora_rank {self.max_lora_rank} is not one vLLM accepts ({allowed})")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras {self.max_cpu_loras} must be >= max_loras {self.max_loras} "
+                "(every adapter in a slot is also held in host memory)"
+            )
+        return self
+
+
+class AdapterSpec(_Strict):
+    """One LoRA fine-tune, served under ``name`` as an OpenAI model."""
+
+    name: AdapterName
+    path: Path
+    base_fingerprint: str | None = Field(default=None, description="Fingerprint of the base it was trained on.")
+    allow_unverified_base: bool = Field(
+        default=False, description="Serve even though the adapter declares no base (warned at every start)."
+    )
+
+
+class TenantSpec(_Strict):
+    """A customer: its adapters, and whether it may also use the plain base model."""
+
+    id: Annotated[str, Field(pattern=TENANT_PATTERN)]
+    allow_base: bool = Field(default=True, description="May this tenant send requests to the base model?")
+    adapters: list[AdapterSpec] = Field(default_factory=list)
+
+
+class Registry(_Strict):
+    """The whole registry file."""
+
+    version: int = Field(default=1, ge=1, le=1)
+    base: BaseSpec
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    tenants: list[TenantSpec] = Field(default_factory=list)
+
+    _root: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> Registry:
+        seen_tenants: set[str] = set()
+        owner: dict[str, str] = {}
+        for tenant in self.tenants:
+            if tenant.id in seen_tenants:
+                raise ValueError(f"tenant id '{tenant.id}' appears twice")
+            seen_tenants.add(tenant.id)
+            for adapter in tenant.adapters:
+                if adapter.name == self.base.name:
+                    raise ValueError(f"adapter name '{adapter.name}' (tenant {tenant.id}) is the base model's name")
+                if adapter.name in owner:
+                    raise ValueError(
+                        f"duplicate adapter name '{adapter.name}' (tenants {owner[adapter.name]} and {tenant.id}):"
+                        " adapter names are model names and must be unique on one engine"
+                    )
+                owner[adapter.name] = tenant.id
+        return self
+
+    # -- views -------------------------------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        """Directory that relative paths in the registry are relative to."""
+        return self._root
+
+    def resolve(self, path: Path) -> Path:
+        return (self._root / path).resolve() if not path.is_absolute() else path
+
+    @property
+    def base_path(self) -> Path:
+        return self.resolve(self.base.path)
+
+    def adapters(self) -> list[tuple[TenantSpec, AdapterSpec]]:
+        """Every (tenant, adapter) pair, in file order."""
+        return [(t, a) for t in self.tenants for a in t.adapters]
+
+    def adapter_path(self, adapter: AdapterSpec) -> Path:
+        return self.resolve(adapter.path)
+
+    def find_adapter(self, name: str) -> tuple[TenantSpec, AdapterSpec] | None:
+        return next(((t, a) for t, a in self.adapters() if a.name == name), None)
+
+    def tenant(self, tenant_id: str) -> TenantSpec | None:
+        return next((t for t in self.tenants if t.id == tenant_id), None)
+
+    # -- I/O -----------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "<registry>", root: Path | None = None) -> Registry:
+        """Validate registry text; errors name the file, the line and the key path."""
+        doc = YamlDocument.parse(text, source=source, error=RegistryError)
+        if not isinstance(doc.data, dict):
+            raise RegistryError(f"{source}: the registry must be a mapping with at least a 'base' section")
+        try:
+            registry = cls.model_validate(doc.data)
+        except ValidationError as exc:
+            raise RegistryError(_format_validation(exc, doc, source)) from None
+        registry._root = (root or Path.cwd()).resolve()
+        return registry
+
+    @classmethod
+    def load(cls, path: Path | str, *, check_paths: bool = True) -> Registry:
+        """Read and validate a registry file; with ``check_paths``, every model directory must exist."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RegistryError(f"{path}: registry file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"{path}: cannot read registry: {exc}") from None
+        registry = cls.parse(text, source=str(path), root=path.parent)
+        if check_paths:
+            registry.check_paths(source=str(path))
+        return registry
+
+    def check_paths(self, *, source: str = "<registry>") -> None:
+        missing = []
+        if not self.base_path.is_dir():
+            missing.append(f"base.path: {self.base_path} is not a directory")
+        for tenant, adapter in self.adapters():
+            p = self.adapter_path(adapter)
+            if not p.is_dir():
+                missing.append(f"adapter '{adapter.name}' (tenant {tenant.id}): path {p} is not a directory")
+        if missing:
+            raise RegistryError(f"{source}: " + "; ".join(missing), code="path_missing")
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
+
+    def save(self, path: Path | str) -> None:
+        """Write atomically: temp file in the same directory, fsync, rename, fsync the directory."""
+        atomic_write_text(Path(path), self.to_yaml())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _format_validation(exc: ValidationError, doc: YamlDocument, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc: tuple[Any, ...] = tuple(err["loc"])
+        where = _dotted(loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}'"
+        elif err["type"] == "string_pattern_mismatch":
+            msg = f"invalid value {err.get('input')!r} (allowed: {err['ctx']['pattern']})"
+        line = doc.line_of(loc)
+        lines.append(f"{source}:{line}: {where}: {msg}" if line else f"{source}: {where}: {msg}")
+    return "; ".join(lines)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

@@ -1,0 +1,24 @@
+"""One typed settings model: defaults, overridable by ``TENANTSERVE_*`` environment variables and CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TENANTSERVE_", extra="ignore")
+
+    registry: Path = Field(
+        default=Path("configs/adapters.yaml"), description="The tenant registry the engine and sidecar serve."
+    )
+    host: str = Field(default="127.0.0.1", description="Address the vLLM API server binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of the vLLM API server (the OpenAI API).")
+    sidecar_host: str = Field(default="127.0.0.1", description="Address the sidecar's admin API binds to.")
+    sidecar_port: int = Field(default=8001, ge=1, le=65535, description="Port of the sidecar's admin API.")
+    engine_url: str = Field(default="http://127.0.0.1:8000", description="Where the sidecar finds the engine.")
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token for admin routes.")
+    state_dir: Path = Field(default=Path(".tenantserve"), description="Logs and runtime files of local runs.")
+    ready_timeout: float = Field(default=300.0, gt=0, description="Seconds to wait for the engine to answer.")
