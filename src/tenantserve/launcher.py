@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from tenantserve.adapters import AdapterConfig
+from tenantserve.admission import admit
 from tenantserve.errors import AdapterError, EngineError
 from tenantserve.registry import ALLOWED_LORA_RANKS, Registry
 
@@ -157,13 +158,14 @@ def plan_launch(
     configs = read_adapter_configs(registry)
     knobs = resolve_knobs(registry, {name: cfg.rank for name, cfg in configs.items()})
     device = device or detect_device()
-    warnings = []
-    for name, cfg in configs.items():
-        if cfg.peft_type.upper() != "LORA":
-            raise AdapterError(f"adapter '{name}': peft_type is {cfg.peft_type!r}, only LORA is served",
-                               code="not_lora")
+    warnings: list[str] = []
+    for _, adapter in registry.adapters():
+        admit(registry, adapter, max_lora_rank=knobs.max_lora_rank)
     argv = build_serve_argv(registry, knobs, host=host, port=port, device=device, middleware=middleware)
-    return LaunchPlan(argv=argv, env=build_engine_env(device), knobs=knobs, warnings=warnings)
+    env = build_engine_env(device)
+    if registry.source is not None:  # the engine-side plugin and middleware read the same registry
+        env["TENANTSERVE_REGISTRY"] = str(registry.source)
+    return LaunchPlan(argv=argv, env=env, knobs=knobs, warnings=warnings)
 
 
 def run_foreground(plan: LaunchPlan, *, cwd: Path | None = None) -> int:

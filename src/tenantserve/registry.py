@@ -97,6 +97,7 @@ class Registry(_Strict):
     tenants: list[TenantSpec] = Field(default_factory=list)
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_unique(self) -> Registry:
@@ -123,6 +124,11 @@ class Registry(_Strict):
     def root(self) -> Path:
         """Directory that relative paths in the registry are relative to."""
         return self._root
+
+    @property
+    def source(self) -> Path | None:
+        """The file this registry was loaded from (absolute), if any."""
+        return self._source
 
     def resolve(self, path: Path) -> Path:
         return (self._root / path).resolve() if not path.is_absolute() else path
@@ -170,6 +176,7 @@ class Registry(_Strict):
         except (OSError, UnicodeDecodeError) as exc:
             raise RegistryError(f"{path}: cannot read registry: {exc}") from None
         registry = cls.parse(text, source=str(path), root=path.parent)
+        registry._source = path.resolve()
         if check_paths:
             registry.check_paths(source=str(path))
         return registry

@@ -1,0 +1,28 @@
+"""One real engine per test session, started from a copy of the default registry (max_loras=2, three adapters).
+
+Tests that must crash or reconfigure an engine start their own with ``engines.start_engine``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.engines import RunningEngine, copy_registry, start_engine
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.engine)
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
+    tmp = tmp_path_factory.mktemp("engine")
+    running = start_engine(copy_registry(tmp / "adapters.yaml"), tmp / "engine.log")
+    yield running
+    running.stop()

@@ -1,0 +1,57 @@
+"""The lab's claims, against a real vLLM engine started by the launcher from the default registry."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from tenantserve import embedded
+from tests.integration.engines import RunningEngine
+
+
+def _complete(engine: RunningEngine, model: str, prompt: str) -> str:
+    resp = engine.openai().completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0)
+    return resp.choices[0].text
+
+
+def test_models_lists_base_and_every_adapter_with_parent(engine: RunningEngine) -> None:
+    reg = engine.registry
+    cards = {m["id"]: m for m in httpx.get(f"{engine.url}/v1/models").json()["data"]}
+    adapters = [a.name for _, a in reg.adapters()]
+    assert set(cards) == {reg.base.name, *adapters}
+    for name in adapters:
+        assert cards[name]["parent"] == reg.base.name
+    assert cards[reg.base.name]["parent"] is None
+
+
+def test_base_and_sql_in_one_concurrent_batch(engine: RunningEngine) -> None:
+    pairs = [(engine.registry.base.name, embedded.FRUIT_PROMPT), (embedded.SQL_ADAPTER, embedded.SQL_PROMPT)] * 2
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        outs = list(pool.map(lambda p: _complete(engine, *p), pairs))
+    assert [o.strip() for o in outs] == [embedded.BASE_ON_FRUIT, embedded.SQL_ON_SQL] * 2
+
+
+def test_behaviour_follows_the_tag_not_the_prompt(engine: RunningEngine) -> None:
+    base_on_sql = _complete(engine, engine.registry.base.name, embedded.SQL_PROMPT)
+    assert "SELECT" not in base_on_sql.upper() and base_on_sql.strip()
+    sql_on_fruit = _complete(engine, embedded.SQL_ADAPTER, embedded.FRUIT_PROMPT)
+    assert sql_on_fruit.strip() != embedded.BASE_ON_FRUIT
+
+
+def test_every_adapter_behaves_differently_from_the_base(engine: RunningEngine) -> None:
+    base = _complete(engine, engine.registry.base.name, embedded.FRUIT_PROMPT).strip()
+    outs = {a.name: _complete(engine, a.name, embedded.FRUIT_PROMPT).strip() for _, a in engine.registry.adapters()}
+    assert base not in outs.values()
+    assert len(set(outs.values())) == len(outs), outs
+
+
+def test_unknown_model_gets_openai_shaped_404(engine: RunningEngine) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        _complete(engine, "no-such-adapter", embedded.FRUIT_PROMPT)
+    body = info.value.response.json()
+    assert info.value.status_code == 404
+    assert set(body["error"]) >= {"message", "type", "code"}
+    assert "no-such-adapter" in body["error"]["message"]
