@@ -22,3 +22,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="Bearer token for admin routes.")
     state_dir: Path = Field(default=Path(".tenantserve"), description="Logs and runtime files of local runs.")
     ready_timeout: float = Field(default=300.0, gt=0, description="Seconds to wait for the engine to answer.")
+    reconcile_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between the sidecar's periodic reconciles (registry vs engine)."
+    )
+    drain_timeout: float = Field(
+        default=30.0, ge=0, description="Seconds offboarding waits for an adapter's in-flight requests to finish."
+    )
