@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,12 +81,44 @@ class AdapterSpec(_Strict):
     )
 
 
+class ApiKeySpec(_Strict):
+    """One tenant API key, stored only as the SHA-256 of the key (the key itself is shown once, at creation)."""
+
+    id: Annotated[str, Field(pattern=r"^key-[0-9a-f]{8,32}$")] = Field(description="Public handle for list/revoke.")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(description="Hex SHA-256 of the full key.")
+    created: datetime
+    revoked: bool = Field(default=False, description="A revoked key is refused but kept for the audit trail.")
+
+
 class TenantSpec(_Strict):
     """A customer: its adapters, and whether it may also use the plain base model."""
 
     id: Annotated[str, Field(pattern=TENANT_PATTERN)]
     allow_base: bool = Field(default=True, description="May this tenant send requests to the base model?")
     adapters: list[AdapterSpec] = Field(default_factory=list)
+    api_keys: list[ApiKeySpec] = Field(default_factory=list, description="Several keys per tenant, for rotation.")
+    max_in_flight: int | None = Field(
+        default=None, ge=1, description="Requests in flight for this tenant; default security.max_in_flight."
+    )
+
+
+class SecuritySpec(_Strict):
+    """What the tenantserve middleware enforces inside vLLM's API server (tenantserve.middleware.TenantMiddleware).
+
+    Secure by default: a registry without this section requires tenant keys. A registry for a loopback-only demo
+    may say ``auth: false``; the launcher then starts plain vLLM without the middleware.
+    """
+
+    auth: bool = Field(default=True, description="Require tenant API keys (and load the middleware).")
+    admin_token_env: str = Field(
+        default="TENANTSERVE_ADMIN_TOKEN", description="Environment variable holding the admin bearer token."
+    )
+    admin_loopback_only: bool = Field(default=True, description="Admin routes answer only clients on loopback.")
+    metrics_token_env: str = Field(
+        default="TENANTSERVE_METRICS_TOKEN", description="Env var of the token /metrics needs off loopback."
+    )
+    max_in_flight: int = Field(default=32, ge=1, description="Default per-tenant limit of requests in flight.")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413 above).")
 
 
 class Registry(_Strict):
@@ -95,6 +128,7 @@ class Registry(_Strict):
     base: BaseSpec
     engine: EngineSpec = Field(default_factory=EngineSpec)
     tenants: list[TenantSpec] = Field(default_factory=list)
+    security: SecuritySpec = Field(default_factory=SecuritySpec)
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
     _source: Path | None = PrivateAttr(default=None)
