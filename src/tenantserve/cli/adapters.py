@@ -1,0 +1,58 @@
+"""``tenantserve adapters list|add|remove``: onboard and offboard LoRA adapters on a running engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tenantserve.cli.opsclient import AdminClient, url_option
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+@click.group("adapters")
+def command() -> None:
+    """Adapters on a running engine, through the sidecar's admin API (token: TENANTSERVE_ADMIN_TOKEN)."""
+
+
+@command.command("list")
+@url_option
+def list_(url: str) -> None:
+    """Every registered adapter with its state (desired, loading, loaded, failed)."""
+    rows = AdminClient(url).call("GET", "/admin/adapters")
+    table = Table("adapter", "tenant", "state", "load", "warm-up", "last error")
+    for a in rows:
+        error = f"[{a['error_code']}] {a['last_error']}" if a.get("last_error") else ""
+        table.add_row(a["name"], a["tenant"], a["state"], _ms(a["load_seconds"]), _ms(a["warmup_seconds"]), error)
+    Console().print(table)
+
+
+@command.command("add")
+@url_option
+@click.argument("tenant_id")
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--base-fingerprint", default=None, help="Fingerprint of the base the adapter was trained on.")
+def add(url: str, tenant_id: str, name: str, path: Path, base_fingerprint: str | None) -> None:
+    """Onboard adapter NAME at PATH for TENANT_ID; returns once it answers requests (no engine restart)."""
+    body = {"name": name, "path": str(path.resolve()), "base_fingerprint": base_fingerprint}
+    a = AdminClient(url).call("POST", f"/admin/tenants/{quote(tenant_id)}/adapters", body)
+    click.echo(f"adapter {a['name']} (tenant {a['tenant']}): {a['state']}, "
+               f"load {_ms(a['load_seconds'])}, warm-up {_ms(a['warmup_seconds'])}")
+
+
+@command.command("remove")
+@url_option
+@click.argument("tenant_id")
+@click.argument("name")
+def remove(url: str, tenant_id: str, name: str) -> None:
+    """Offboard: new requests for NAME are refused at once, requests in flight finish, then it leaves the registry."""
+    r = AdminClient(url).call("DELETE", f"/admin/tenants/{quote(tenant_id)}/adapters/{quote(name, safe='@')}")
+    drained = "drained" if r["drained"] else "drain timed out (requests may still be finishing)"
+    click.echo(f"adapter {name} (tenant {tenant_id}): removed, {drained} in {r['drain_seconds']:.2f} s")

@@ -1,0 +1,46 @@
+"""``tenantserve tenants list|add|remove``: manage tenants through a running sidecar."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tenantserve.cli.opsclient import AdminClient, url_option
+
+
+@click.group("tenants")
+def command() -> None:
+    """Tenants on a running engine, through the sidecar's admin API (token: TENANTSERVE_ADMIN_TOKEN)."""
+
+
+@command.command("list")
+@url_option
+def list_(url: str) -> None:
+    """Every tenant with its adapters."""
+    rows = AdminClient(url).call("GET", "/admin/tenants")
+    table = Table("tenant", "base allowed", "adapters")
+    for t in rows:
+        table.add_row(t["id"], "yes" if t["allow_base"] else "no", ", ".join(t["adapters"]) or "-")
+    Console().print(table)
+
+
+@command.command("add")
+@url_option
+@click.argument("tenant_id")
+@click.option("--no-base", is_flag=True, help="The tenant may use only its own adapters, not the plain base.")
+def add(url: str, tenant_id: str, no_base: bool) -> None:
+    """Register a tenant (repeating the same call changes nothing)."""
+    AdminClient(url).call("POST", "/admin/tenants", {"id": tenant_id, "allow_base": not no_base})
+    click.echo(f"tenant {tenant_id}: registered")
+
+
+@command.command("remove")
+@url_option
+@click.argument("tenant_id")
+def remove(url: str, tenant_id: str) -> None:
+    """Offboard a tenant: each adapter is drained and unloaded, then the tenant leaves the registry."""
+    results = AdminClient(url).call("DELETE", f"/admin/tenants/{tenant_id}")
+    for r in results:
+        click.echo(f"adapter {r['name']}: unloaded, {'drained' if r['drained'] else 'drain timed out'}")
+    click.echo(f"tenant {tenant_id}: removed")

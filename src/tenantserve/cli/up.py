@@ -1,0 +1,45 @@
+"""``tenantserve up``: launcher + sidecar on one machine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tenantserve.cli.options import host_option, port_option, registry_option
+from tenantserve.cli.sidecar import insecure_option
+from tenantserve.launcher import plan_launch
+from tenantserve.registry import Registry
+from tenantserve.settings import Settings
+from tenantserve.sidecar.config import SidecarConfig
+from tenantserve.sidecar.together import run_together
+
+_defaults = Settings()
+
+
+@click.command("up")
+@registry_option
+@host_option
+@port_option
+@click.option("--sidecar-port", type=click.IntRange(1, 65535), default=_defaults.sidecar_port, show_default=True,
+              help="Port of the sidecar's admin API (env TENANTSERVE_SIDECAR_PORT).")
+@insecure_option
+def command(registry_path: Path, host: str, port: int, sidecar_port: int, insecure: bool) -> None:
+    """Start the engine from the registry and the sidecar beside it; Ctrl-C stops both.
+
+    The engine's log goes to .tenantserve/engine.log (TENANTSERVE_STATE_DIR). The admin API is on
+    http://127.0.0.1:SIDECAR_PORT (docs at /docs); manage tenants with `tenantserve tenants|adapters ...`.
+    """
+    settings = Settings()
+    engine_url = f"http://127.0.0.1:{port}"
+    config = SidecarConfig.from_settings(settings, insecure=insecure, registry_path=registry_path,
+                                         engine_url=engine_url)
+    plan = plan_launch(Registry.load(registry_path), host=host, port=port)
+    for warning in plan.warnings:
+        click.echo(f"tenantserve: warning: {warning}", err=True)
+    log_path = settings.state_dir / "engine.log"
+    click.echo(f"tenantserve: engine on {engine_url} (log: {log_path}), sidecar on "
+               f"http://{settings.sidecar_host}:{sidecar_port}; Ctrl-C stops both", err=True)
+    sys.exit(run_together(plan, config, engine_url=engine_url, host=settings.sidecar_host, port=sidecar_port,
+                          log_path=log_path))

@@ -1,0 +1,82 @@
+"""The sidecar's FastAPI app. Components are built in the lifespan and hung on ``app.state``; nothing is global.
+
+Tests inject a fresh ``CollectorRegistry`` (and, where the engine cannot run, an httpx transport).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from tenantserve import __version__
+from tenantserve.adapters import AdapterConfig
+from tenantserve.errors import AdapterError
+from tenantserve.launcher import derive_max_lora_rank
+from tenantserve.registry import Registry
+from tenantserve.sidecar.basepin import check_served_base
+from tenantserve.sidecar.config import SidecarConfig
+from tenantserve.sidecar.engine_client import EngineClient
+from tenantserve.sidecar.http import install_error_handlers
+from tenantserve.sidecar.metrics import SidecarMetrics
+from tenantserve.sidecar.reconciler import Reconciler
+from tenantserve.sidecar.routes import admin, public
+from tenantserve.sidecar.service import AdminService
+from tenantserve.sidecar.state import StatusBoard
+from tenantserve.sidecar.store import RegistryStore
+from tenantserve.sidecar.tenant_keys import KeyService
+
+
+def slot_rank(registry: Registry) -> int:
+    """The ``max_lora_rank`` the launcher gives the engine for this registry (configured, or derived)."""
+    if registry.engine.max_lora_rank is not None:
+        return registry.engine.max_lora_rank
+    ranks = []
+    for _, adapter in registry.adapters():
+        try:
+            ranks.append(AdapterConfig.read(registry.adapter_path(adapter), name=adapter.name).rank)
+        except AdapterError:
+            continue
+    return derive_max_lora_rank(ranks)
+
+
+def create_app(config: SidecarConfig, *, metrics_registry: CollectorRegistry | None = None,
+               engine_transport: httpx.AsyncBaseTransport | None = None, reconcile: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = SidecarMetrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
+        store = RegistryStore(config.registry_path)
+        registry = await asyncio.to_thread(store.load)
+        engine = EngineClient(config.engine_url, token=config.admin_token, timeout=config.request_timeout,
+                              transport=engine_transport)
+        board = StatusBoard(metrics)
+        service = AdminService(store, engine, board, metrics, config, max_lora_rank=slot_rank(registry))
+        reconciler = Reconciler(store, engine, board, metrics, config, service.admit)
+        app.state.metrics, app.state.store, app.state.engine = metrics, store, engine
+        app.state.service, app.state.reconciler = service, reconciler
+        app.state.keys = KeyService(store, metrics)
+        app.state.base_check = await asyncio.to_thread(check_served_base, registry, metrics)
+        if reconcile:
+            reconciler.start()
+        try:
+            yield
+        finally:
+            await reconciler.stop()
+            await engine.aclose()
+
+    app = FastAPI(
+        title="tenantserve sidecar",
+        version=__version__,
+        description="Onboard and offboard tenants and LoRA adapters on a running vLLM engine; the registry is the "
+        "source of truth and the reconciler keeps the engine converged to it.",
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    app.include_router(admin)
+    app.include_router(public)
+    install_error_handlers(app)
+    return app

@@ -1,0 +1,47 @@
+"""Typed errors of the admin API. Each maps to one HTTP status; ``http.py`` turns any of them into one JSON shape."""
+
+from __future__ import annotations
+
+from tenantserve.errors import TenantserveError
+
+
+class NotFound(TenantserveError):
+    """An unknown tenant, adapter or key."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(TenantserveError):
+    """The name is taken by something different (a different path, another tenant)."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class Unauthorized(TenantserveError):
+    """Missing or wrong admin bearer token."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class NotServable(TenantserveError):
+    """The engine accepted the adapter but it did not become servable (not listed, or the warm-up failed)."""
+
+    code = "not_servable"
+    http_status = 502
+
+
+class RegistryWriteError(TenantserveError):
+    """The registry cannot be written (a read-only ConfigMap mount, a full disk)."""
+
+    code = "registry_read_only"
+    http_status = 503
+
+
+class ConfigError(TenantserveError):
+    """The sidecar cannot start as configured (no admin token, ...)."""
+
+    code = "sidecar_config"
+    exit_code = 2

@@ -1,0 +1,61 @@
+"""HTTP edges shared by every route: the admin bearer check, and the one error shape.
+
+Every error (ours, FastAPI's validation errors, unknown routes) leaves as ``{"error": {"message", "type", "code"}}``
+with a real status: 400 admission refused (code = the reason), 401 no/wrong token, 404 unknown, 409 duplicate,
+422 malformed body, 502 engine failure, 503 registry not writable.
+"""
+
+from __future__ import annotations
+
+import hmac
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tenantserve.errors import TenantserveError
+from tenantserve.sidecar.errors import Unauthorized
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    kind = HTTPStatus(status).phrase.replace(" ", "") + "Error" if status in HTTPStatus._value2member_map_ else "Error"
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TenantserveError)
+    async def _ours(_: Request, exc: TenantserveError) -> JSONResponse:
+        return error_response(exc.http_status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return error_response(422, "malformed_request", "; ".join(parts) or "malformed request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def require_admin(request: Request) -> None:
+    """FastAPI dependency: the admin token, compared in constant time (skipped only in insecure dev mode)."""
+    expected: str | None = request.app.state.config.admin_token
+    if request.app.state.config.insecure and not expected:
+        return
+    presented = bearer_token(request)
+    if presented is None:
+        raise Unauthorized("admin API: send 'Authorization: Bearer <TENANTSERVE_ADMIN_TOKEN>'", code="missing_token")
+    if expected is None or not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise Unauthorized("admin API: invalid admin token", code="invalid_token")

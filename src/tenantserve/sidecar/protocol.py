@@ -1,0 +1,64 @@
+"""Request and response bodies of the admin API (pydantic: malformed bodies are 422 before any handler runs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tenantserve.registry import NAME_PATTERN, TENANT_PATTERN
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(_Body):
+    id: str = Field(pattern=TENANT_PATTERN, description="Tenant id: lowercase letters, digits, '-'.")
+    allow_base: bool = Field(default=True, description="May the tenant also use the plain base model?")
+
+
+class AdapterCreate(_Body):
+    name: str = Field(pattern=NAME_PATTERN, description="OpenAI model name, e.g. `acme-sql@v2`.")
+    path: str = Field(min_length=1, description="Adapter directory; relative paths are relative to the registry file.")
+    base_fingerprint: str | None = Field(default=None, description="Fingerprint of the base it was trained on.")
+
+
+class AdapterView(BaseModel):
+    name: str
+    tenant: str
+    path: str
+    state: str
+    last_error: str | None = None
+    error_code: str | None = None
+    load_seconds: float | None = None
+    warmup_seconds: float | None = None
+    attempts: int = 0
+
+
+class TenantView(BaseModel):
+    id: str
+    allow_base: bool
+    adapters: list[str]
+
+
+class OffboardView(BaseModel):
+    name: str
+    tenant: str
+    unloaded: bool = Field(description="False when the engine did not serve it (already gone, or the engine is down).")
+    drained: bool = Field(description="True when no request for it was still in flight when the call returned.")
+    drain_seconds: float
+
+
+class KeyIssued(BaseModel):
+    tenant: str
+    key_id: str
+    key: str = Field(description="The plaintext API key. Shown once; only its hash is stored.")
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,222 @@
+"""Converge the engine to the registry: desired (the file) vs actual (``/v1/models``), continuously.
+
+``diff`` is the pure core. ``Reconciler`` runs it on start, every ``reconcile_interval``, when the registry file
+changes, when the engine comes back healthy (a restart forgets every runtime-loaded adapter), and when a failed
+adapter's backoff expires. It takes the adapter's lock before acting and re-checks the registry if an admin operation
+changed it meanwhile, so it never undoes an onboarding or offboarding in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from tenantserve.errors import EngineError, RegistryError, TenantserveError
+from tenantserve.registry import AdapterSpec, Registry
+from tenantserve.sidecar.config import SidecarConfig
+from tenantserve.sidecar.engine_client import AdapterAlreadyLoaded, EngineClient
+from tenantserve.sidecar.metrics import SidecarMetrics
+from tenantserve.sidecar.state import AdapterState, StatusBoard
+from tenantserve.sidecar.store import RegistryStore
+
+Admit = Callable[[Registry, AdapterSpec], object]
+
+
+@dataclass(frozen=True)
+class ReconcilePlan:
+    load: tuple[str, ...] = ()
+    unload: tuple[str, ...] = ()
+    #: Registered under the same name but loaded from another path: unload, then load from the registry's path.
+    replace: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.load or self.unload or self.replace)
+
+
+def diff(desired: Mapping[str, str], actual: Mapping[str, str]) -> ReconcilePlan:
+    """What to do so that ``actual`` ({name: path} on the engine) becomes ``desired``. Pure."""
+    return ReconcilePlan(
+        load=tuple(sorted(n for n in desired if n not in actual)),
+        unload=tuple(sorted(n for n in actual if n not in desired)),
+        replace=tuple(sorted(n for n in desired if n in actual and actual[n] != desired[n])),
+    )
+
+
+@dataclass
+class ReconcileStatus:
+    runs: int = 0
+    last_result: str | None = None
+    last_run_at: float | None = None
+    last_seconds: float | None = None
+    last_error: str | None = None
+    last_plan: dict[str, list[str]] = field(default_factory=dict)
+    engine_healthy: bool = False
+
+
+class Reconciler:
+    def __init__(self, store: RegistryStore, engine: EngineClient, board: StatusBoard, metrics: SidecarMetrics,
+                 config: SidecarConfig, admit: Admit) -> None:
+        self.store, self.engine, self.board, self.metrics, self.config = store, engine, board, metrics, config
+        self._admit = admit
+        self.status = ReconcileStatus()
+        self._wake = asyncio.Event()
+        self._run_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._wake.set()
+        self._tasks = [asyncio.create_task(c) for c in (self._loop(), self._watch_health(), self._watch_file())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._next_wake())
+            self._wake.clear()
+            await self.run_once()
+
+    def _next_wake(self) -> float:
+        now = time.monotonic()
+        retries = [s.next_retry - now for s in self.board.all() if s.state is AdapterState.FAILED]
+        return max(0.05, min([self.config.reconcile_interval, *retries]))
+
+    async def _watch_health(self) -> None:
+        while True:
+            healthy = await self.engine.healthy()
+            if healthy and not self.status.engine_healthy:
+                self.trigger()
+            self.status.engine_healthy = healthy
+            await asyncio.sleep(self.config.health_interval)
+
+    async def _watch_file(self) -> None:
+        seen = self.store.stamp()
+        while True:
+            await asyncio.sleep(self.config.watch_interval)
+            now = self.store.stamp()
+            if now != seen:
+                seen = now
+                self.trigger()
+
+    # -- one pass --------------------------------------------------------------------------------------------------
+
+    async def run_once(self) -> str:
+        async with self._run_lock:
+            start = time.perf_counter()
+            result = await self._pass()
+            self.status.runs += 1
+            self.status.last_result = result
+            self.status.last_run_at = time.time()
+            self.status.last_seconds = time.perf_counter() - start
+            self.metrics.reconcile_runs.labels(result).inc()
+            return result
+
+    async def _pass(self) -> str:
+        try:
+            _, actual = await self.engine.models()
+        except EngineError as exc:
+            self.status.engine_healthy = False
+            self.status.last_error = str(exc)
+            return "engine_down"
+        self.status.engine_healthy = True
+        generation = self.store.generation
+        try:
+            registry = await asyncio.to_thread(self.store.load)
+        except RegistryError as exc:  # never act on a half-edited file: keep serving what is loaded
+            self.status.last_error = str(exc)
+            return "registry_invalid"
+        desired = {a.name: (t.id, str(registry.adapter_path(a))) for t, a in registry.adapters()}
+        self.board.retain(set(desired))
+        for name, (tenant, path) in desired.items():
+            self.board.ensure(name, tenant, path)
+            if actual.get(name) == path and self.board.get(name).state is not AdapterState.LOADED:  # type: ignore[union-attr]
+                self.board.set(name, AdapterState.LOADED, last_error=None, error_code=None, attempts=0)
+        plan = diff({n: p for n, (_, p) in desired.items()}, actual)
+        self.status.last_plan = {"load": list(plan.load), "unload": list(plan.unload), "replace": list(plan.replace)}
+        if plan.empty:
+            self.status.last_error = None
+            return "ok"
+        sem = asyncio.Semaphore(self.config.load_concurrency)
+        ctx = _PassContext(registry, generation)
+        jobs = [self._unload(n, ctx, sem) for n in plan.unload]
+        jobs += [self._load(n, ctx, sem, replace=n in plan.replace) for n in (*plan.load, *plan.replace)]
+        errors = sum(await asyncio.gather(*jobs))
+        if errors:
+            self.metrics.reconcile_errors.inc(errors)
+            return "error"
+        self.status.last_error = None
+        return "ok"
+
+    async def _fresh(self, ctx: _PassContext) -> Registry:
+        """The registry to decide with: re-read if an admin operation wrote it since this pass read it."""
+        if self.store.generation != ctx.generation:
+            ctx.registry = await asyncio.to_thread(self.store.load)
+            ctx.generation = self.store.generation
+        return ctx.registry
+
+    async def _unload(self, name: str, ctx: _PassContext, sem: asyncio.Semaphore) -> int:
+        lock = self.store.lock(f"adapter:{name}")
+        if lock.locked():
+            return 0  # an admin operation owns this adapter right now
+        async with lock, sem:
+            if (await self._fresh(ctx)).find_adapter(name) is not None:
+                return 0
+            try:
+                await self.engine.unload(name)
+            except TenantserveError as exc:
+                self.status.last_error = str(exc)
+                return 1
+            return 0
+
+    async def _load(self, name: str, ctx: _PassContext, sem: asyncio.Semaphore, *, replace: bool) -> int:
+        lock = self.store.lock(f"adapter:{name}")
+        if lock.locked():
+            return 0
+        async with lock, sem:
+            registry = await self._fresh(ctx)
+            found = registry.find_adapter(name)
+            status = self.board.get(name)
+            if found is None or status is None:
+                return 0
+            if status.state is AdapterState.FAILED and time.monotonic() < status.next_retry:
+                return 0
+            tenant, adapter = found
+            path = str(registry.adapter_path(adapter))
+            self.board.set(name, AdapterState.LOADING)
+            try:
+                await asyncio.to_thread(self._admit, registry, adapter)
+                if replace:
+                    await self.engine.unload(name)
+                seconds = await self.engine.load(name, path)
+            except AdapterAlreadyLoaded:
+                self.board.set(name, AdapterState.LOADED)
+                return 0
+            except TenantserveError as exc:
+                self.board.fail(name, exc, backoff_initial=self.config.backoff_initial,
+                                backoff_max=self.config.backoff_max)
+                self.status.last_error = f"{name}: {exc}"
+                return 1
+            self.board.set(name, AdapterState.LOADED, load_seconds=seconds, last_error=None, error_code=None,
+                           attempts=0)
+            return 0
+
+
+@dataclass
+class _PassContext:
+    registry: Registry
+    generation: int

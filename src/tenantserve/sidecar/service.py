@@ -1,0 +1,208 @@
+"""The admin operations: onboard and offboard tenants and adapters on a running engine, persisted in the registry.
+
+Onboarding: admission checks, load through vLLM, confirm it is listed and answers a one-token warm-up, then persist;
+any failure after the load unloads it again, so a refused request changes nothing. Offboarding: persist the removal
+first (so a crash cannot resurrect it), unload (vLLM forgets the name: new requests get 404 at once; requests in flight
+keep their adapter and finish), then wait, bounded, until vLLM reports none of its requests running or waiting.
+Every operation holds the adapter's (or tenant's) lock, so concurrent calls serialize and repeats are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tenantserve.admission import admit
+from tenantserve.errors import EngineError, TenantserveError
+from tenantserve.registry import AdapterSpec, Registry, TenantSpec
+from tenantserve.sidecar.config import SidecarConfig
+from tenantserve.sidecar.engine_client import EngineClient
+from tenantserve.sidecar.errors import Conflict, NotFound, NotServable
+from tenantserve.sidecar.metrics import SidecarMetrics
+from tenantserve.sidecar.protocol import AdapterCreate, OffboardView, TenantCreate
+from tenantserve.sidecar.state import AdapterState, AdapterStatus, StatusBoard
+from tenantserve.sidecar.store import RegistryStore
+
+
+class AdminService:
+    def __init__(self, store: RegistryStore, engine: EngineClient, board: StatusBoard, metrics: SidecarMetrics,
+                 config: SidecarConfig, *, max_lora_rank: int | None) -> None:
+        self.store, self.engine, self.board, self.metrics, self.config = store, engine, board, metrics, config
+        self.max_lora_rank = max_lora_rank
+
+    def admit(self, registry: Registry, adapter: AdapterSpec) -> object:
+        return admit(registry, adapter, max_lora_rank=self.max_lora_rank)
+
+    @asynccontextmanager
+    async def _operation(self, name: str) -> AsyncIterator[dict[str, str]]:
+        """Count and time one admin operation; the handler may set ``outcome["result"]``."""
+        outcome = {"result": "ok"}
+        start = time.perf_counter()
+        try:
+            yield outcome
+        except TenantserveError as exc:
+            outcome["result"] = "refused" if exc.http_status < 500 else "failed"
+            raise
+        finally:
+            self.metrics.operations.labels(name, outcome["result"]).inc()
+            self.metrics.operation_seconds.labels(name).observe(time.perf_counter() - start)
+
+    async def _registry(self) -> Registry:
+        return await asyncio.to_thread(self.store.load)
+
+    # -- tenants ---------------------------------------------------------------------------------------------------
+
+    async def tenants(self) -> list[TenantSpec]:
+        return (await self._registry()).tenants
+
+    async def add_tenant(self, body: TenantCreate) -> tuple[TenantSpec, bool]:
+        """(tenant, created). Repeating the same call is a no-op; the same id with other settings is a conflict."""
+        async with self._operation("onboard_tenant") as outcome, self.store.lock(f"tenant:{body.id}"):
+            def change(registry: Registry) -> tuple[TenantSpec, bool]:
+                if (existing := registry.tenant(body.id)) is not None:
+                    if existing.allow_base != body.allow_base:
+                        raise Conflict(f"tenant '{body.id}' exists with allow_base={existing.allow_base}",
+                                       code="tenant_exists")
+                    return existing, False
+                tenant = TenantSpec(id=body.id, allow_base=body.allow_base)
+                registry.tenants.append(tenant)
+                return tenant, True
+
+            existing = (await self._registry()).tenant(body.id)
+            if existing is not None and existing.allow_base == body.allow_base:
+                outcome["result"] = "unchanged"
+                return existing, False
+            return await self.store.mutate(change)
+
+    async def remove_tenant(self, tenant_id: str) -> list[OffboardView]:
+        async with self._operation("offboard_tenant"), self.store.lock(f"tenant:{tenant_id}"):
+            tenant = self._tenant(await self._registry(), tenant_id)
+            results = [await self.remove_adapter(tenant_id, a.name) for a in tenant.adapters]
+
+            def change(registry: Registry) -> None:
+                registry.tenants = [t for t in registry.tenants if t.id != tenant_id]
+
+            await self.store.mutate(change)
+            return results
+
+    @staticmethod
+    def _tenant(registry: Registry, tenant_id: str) -> TenantSpec:
+        tenant = registry.tenant(tenant_id)
+        if tenant is None:
+            raise NotFound(f"unknown tenant '{tenant_id}'", code="tenant_not_found")
+        return tenant
+
+    # -- adapters --------------------------------------------------------------------------------------------------
+
+    def adapters(self) -> list[AdapterStatus]:
+        return self.board.all()
+
+    async def add_adapter(self, tenant_id: str, body: AdapterCreate) -> tuple[AdapterStatus, bool]:
+        """(status, created): 201 only once the adapter is listed by the engine and a warm-up went through it."""
+        async with self._operation("onboard_adapter") as outcome, self.store.lock(f"adapter:{body.name}"):
+            registry = await self._registry()
+            self._tenant(registry, tenant_id)
+            spec = AdapterSpec(name=body.name, path=Path(body.path), base_fingerprint=body.base_fingerprint)
+            path = str(registry.adapter_path(spec))
+            if body.name == registry.base.name:
+                raise Conflict(f"'{body.name}' is the base model's name", code="adapter_exists")
+            registered = registry.find_adapter(body.name)
+            if registered is not None:
+                owner, current = registered
+                same = (owner.id == tenant_id and str(registry.adapter_path(current)) == path
+                        and current.base_fingerprint == body.base_fingerprint)
+                if not same:
+                    raise Conflict(f"adapter '{body.name}' is already registered (tenant {owner.id}, "
+                                   f"path {registry.adapter_path(current)})", code="adapter_exists")
+            await asyncio.to_thread(self.admit, registry, spec)
+            status = await self._make_servable(tenant_id, body.name, path, persist=registered is None, spec=spec)
+            outcome["result"] = "created" if registered is None else "unchanged"
+            return status, registered is None
+
+    async def _make_servable(self, tenant_id: str, name: str, path: str, *, persist: bool,
+                             spec: AdapterSpec) -> AdapterStatus:
+        self.board.ensure(name, tenant_id, path)
+        self.board.set(name, AdapterState.LOADING)
+        loaded_here = False
+        try:
+            _, actual = await self.engine.models()
+            load_seconds = None
+            if actual.get(name) != path:
+                if name in actual:  # an unregistered leftover under this name: the registry wins
+                    await self.engine.unload(name)
+                load_seconds = await self.engine.load(name, path)
+                loaded_here = True
+                _, actual = await self.engine.models()
+                if actual.get(name) != path:
+                    raise NotServable(f"adapter '{name}' was loaded but the engine does not list it")
+            warmup = await self.engine.complete(name, self.config.warmup_prompt, max_tokens=1)
+            if persist:
+                await self.store.mutate(lambda registry: self._append(registry, tenant_id, spec))
+        except BaseException as exc:
+            if loaded_here:
+                await _best_effort(self.engine.unload(name))
+            if persist:
+                self.board.discard(name)
+            elif isinstance(exc, TenantserveError):
+                self.board.fail(name, exc, backoff_initial=self.config.backoff_initial,
+                                backoff_max=self.config.backoff_max)
+            raise
+        self.metrics.warmup_seconds.observe(warmup)
+        status = self.board.ensure(name, tenant_id, path)
+        self.board.set(name, AdapterState.LOADED, last_error=None, error_code=None, attempts=0,
+                       load_seconds=load_seconds if load_seconds is not None else status.load_seconds,
+                       warmup_seconds=warmup)
+        return status
+
+    def _append(self, registry: Registry, tenant_id: str, spec: AdapterSpec) -> None:
+        tenant = self._tenant(registry, tenant_id)
+        if registry.find_adapter(spec.name) is not None:
+            raise Conflict(f"adapter '{spec.name}' was registered meanwhile", code="adapter_exists")
+        tenant.adapters.append(spec)
+
+    async def remove_adapter(self, tenant_id: str, name: str) -> OffboardView:
+        async with self._operation("offboard_adapter"), self.store.lock(f"adapter:{name}"):
+            registry = await self._registry()
+            self._tenant(registry, tenant_id)
+            found = registry.find_adapter(name)
+            if found is None or found[0].id != tenant_id:
+                raise NotFound(f"tenant '{tenant_id}' has no adapter '{name}'", code="adapter_not_found")
+
+            def change(registry: Registry) -> None:
+                for tenant in registry.tenants:
+                    tenant.adapters = [a for a in tenant.adapters if a.name != name]
+
+            await self.store.mutate(change)
+            self.board.discard(name)
+            try:
+                unloaded = await self.engine.unload(name)
+            except EngineError:
+                unloaded = False  # engine down: nothing serves it, and the reconciler will not bring it back
+            start = time.perf_counter()
+            drained = await self._drain(name) if unloaded else True
+            return OffboardView(name=name, tenant=tenant_id, unloaded=unloaded, drained=drained,
+                                drain_seconds=round(time.perf_counter() - start, 4))
+
+    async def _drain(self, name: str) -> bool:
+        """Wait until vLLM reports no request for ``name`` running or waiting, at most ``drain_timeout``."""
+        deadline = time.monotonic() + self.config.drain_timeout
+        while True:
+            try:
+                busy = await self.engine.busy_adapters()
+            except Exception:  # metrics unavailable: nothing to wait on
+                return True
+            if busy is None or name not in busy:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+
+
+async def _best_effort(coro: object) -> None:
+    try:
+        await coro  # type: ignore[misc]
+    except Exception:
+        pass
