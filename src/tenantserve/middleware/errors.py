@@ -1,0 +1,74 @@
+"""Why the middleware refuses a request: typed errors, each with its HTTP status, OpenAI error type, and the bounded
+``reason`` label of ``tenantserve_auth_failures_total``. ``to_body`` is the single translation to the wire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tenantserve.errors import TenantserveError
+
+
+class AccessError(TenantserveError):
+    """A request the middleware answers itself instead of passing it to vLLM."""
+
+    http_status = 403
+    error_type = "permission_error"
+    reason = "forbidden"
+    headers: dict[str, str] = {}
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": None, "code": self.code}}
+
+
+class MissingKey(AccessError):
+    http_status, error_type, code, reason = 401, "authentication_error", "missing_api_key", "missing_key"
+
+
+class InvalidKey(AccessError):
+    http_status, error_type, code, reason = 401, "authentication_error", "invalid_api_key", "invalid_key"
+
+
+class RevokedKey(InvalidKey):
+    reason = "revoked_key"
+
+
+class AdminOnly(AccessError):
+    code, reason = "admin_only", "admin_route"
+
+
+class LoopbackOnly(AccessError):
+    code, reason = "loopback_only", "not_loopback"
+
+
+class AdminDisabled(AccessError):
+    code, reason = "admin_disabled", "admin_disabled"
+
+
+class ModelNotFound(AccessError):
+    """Answered exactly like vLLM answers an unknown model, so other tenants' adapter names do not leak."""
+
+    http_status, error_type, code, reason = 404, "NotFoundError", "model_not_found", "model_denied"
+
+    def __init__(self, model: object) -> None:
+        shown = str(model) if len(str(model)) <= 256 else str(model)[:256] + "..."
+        super().__init__(f"The model `{shown}` does not exist.")
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": "model", "code": 404}}
+
+
+class RateLimited(AccessError):
+    http_status, error_type, code, reason = 429, "rate_limit_error", "rate_limited", "rate_limited"
+    headers = {"retry-after": "1"}
+
+
+class BodyTooLarge(AccessError):
+    http_status, error_type, code, reason = 413, "invalid_request_error", "body_too_large", "body_too_large"
+
+
+class BadBody(AccessError):
+    http_status, error_type, code, reason = 400, "invalid_request_error", "invalid_json", "bad_body"
+
+
+class RegistryUnavailable(AccessError):
+    http_status, error_type, code, reason = 503, "service_unavailable", "registry_unavailable", "no_registry"
