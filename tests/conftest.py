@@ -14,6 +14,20 @@ EMBEDDED = ROOT / "models" / "embedded"
 DEFAULT_REGISTRY = ROOT / "configs" / "adapters.yaml"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fingerprint_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Fingerprint caches (launcher, check, CLI subprocesses) go to a temp dir, never the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("TENANTSERVE_CACHE_DIR")
+    os.environ["TENANTSERVE_CACHE_DIR"] = str(tmp_path_factory.mktemp("fingerprint-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TENANTSERVE_CACHE_DIR", None)
+    else:
+        os.environ["TENANTSERVE_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def make_adapter(tmp_path: Path) -> Callable[..., Path]:
     """Write a minimal PEFT adapter directory (config only) for checks that never load weights."""

@@ -44,3 +44,17 @@ class EngineError(TenantserveError):
     code = "engine_error"
     exit_code = 3
     http_status = 502
+
+
+class FingerprintError(TenantserveError):
+    """A model or adapter directory cannot be fingerprinted (missing, unreadable, no model files)."""
+
+    code = "fingerprint_failed"
+    exit_code = 2
+
+
+class BaseModelError(TenantserveError):
+    """The served base model is not the pinned one (or cannot be read)."""
+
+    code = "base_changed"
+    exit_code = 2

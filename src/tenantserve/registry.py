@@ -41,6 +41,9 @@ class BaseSpec(_Strict):
     fingerprint: str | None = Field(
         default=None, description="Pinned fingerprint of the base; the engine refuses a base that differs."
     )
+    files: dict[str, str] | None = Field(
+        default=None, description="Pinned sha256 of each base file, so a refusal can name the files that changed."
+    )
 
 
 class EngineSpec(_Strict):
