@@ -68,3 +68,47 @@ def test_keys_survive_a_save_and_load(tmp_path: Path) -> None:
 def test_find_tenant_unknown_is_typed() -> None:
     with pytest.raises(keys.TenantNotFound):
         keys.find_tenant(_registry(), "nobody")
+
+
+# -- the CLI: parse, call, print, exit code -------------------------------------------------------------------
+
+
+def test_cli_create_list_revoke_roundtrip(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tenantserve.cli import main
+
+    path = tmp_path / "r.yaml"
+    _registry().save(path)
+    runner = CliRunner()
+    created = runner.invoke(main, ["keys", "create", "--tenant", "acme", "--registry", str(path)])
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
+    assert key.startswith(keys.KEY_PREFIX) and key not in path.read_text()
+    assert keys.authenticate(Registry.load(path, check_paths=False), key).id == "acme"
+
+    listed = runner.invoke(main, ["keys", "list", "--tenant", "acme", "--registry", str(path)])
+    key_id, _, status = listed.stdout.split()
+    assert status == "active" and key not in listed.output
+
+    revoked = runner.invoke(main, ["keys", "revoke", "--tenant", "acme", key_id, "--registry", str(path)])
+    assert revoked.exit_code == 0
+    assert keys.authenticate(Registry.load(path, check_paths=False), key) is None
+    assert runner.invoke(main, ["keys", "list", "--tenant", "acme", "--registry", str(path)]).stdout.split()[2] \
+        == "revoked"
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tenantserve.cli import main
+
+    path = tmp_path / "r.yaml"
+    _registry().save(path)
+    runner = CliRunner()
+    for args, code in ([["keys", "create", "--tenant", "nobody"], "tenant_not_found"],
+                       [["keys", "revoke", "--tenant", "acme", "key-00000000"], "key_not_found"]):
+        result = runner.invoke(main, [*args, "--registry", str(path)])
+        assert result.exit_code == 2
+        assert result.stderr.strip() == result.stderr.strip().splitlines()[0] and f"[{code}]" in result.stderr
+        assert "Traceback" not in result.output
