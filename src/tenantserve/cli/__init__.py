@@ -34,9 +34,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from tenantserve.cli import demo, launch
+    from tenantserve.cli import adapters, check, demo, fingerprint, keys, launch, sidecar, stamp, tenants, up
 
-    for module in (launch, demo):
+    for module in (launch, demo, check, fingerprint, stamp, sidecar, up, tenants, adapters, keys):
         main.add_command(module.command)
 
 
