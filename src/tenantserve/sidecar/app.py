@@ -18,7 +18,7 @@ from tenantserve.adapters import AdapterConfig
 from tenantserve.errors import AdapterError
 from tenantserve.launcher import derive_max_lora_rank
 from tenantserve.registry import Registry
-from tenantserve.sidecar.basepin import check_served_base
+from tenantserve.sidecar.basepin import read_served_base
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.engine_client import EngineClient
 from tenantserve.sidecar.http import install_error_handlers
@@ -54,12 +54,12 @@ def create_app(config: SidecarConfig, *, metrics_registry: CollectorRegistry | N
         engine = EngineClient(config.engine_url, token=config.admin_token, timeout=config.request_timeout,
                               transport=engine_transport)
         board = StatusBoard(metrics)
-        service = AdminService(store, engine, board, metrics, config, max_lora_rank=slot_rank(registry))
+        base, app.state.base_check = await asyncio.to_thread(read_served_base, registry, metrics)
+        service = AdminService(store, engine, board, metrics, config, max_lora_rank=slot_rank(registry), base=base)
         reconciler = Reconciler(store, engine, board, metrics, config, service.admit)
         app.state.metrics, app.state.store, app.state.engine = metrics, store, engine
         app.state.service, app.state.reconciler = service, reconciler
         app.state.keys = KeyService(store, metrics)
-        app.state.base_check = await asyncio.to_thread(check_served_base, registry, metrics)
         if reconcile:
             reconciler.start()
         try:

@@ -1,14 +1,14 @@
-"""Is the engine serving the base the registry pins? Checked once at sidecar start and counted.
+"""The served base, read once at sidecar start: its facts feed every admission, its pin check is counted.
 
-Uses admission's base verification when the admission module provides it; a registry without a pinned fingerprint
-is counted as ``unpinned``.
+A mismatch is logged, not fatal: the launcher refuses to start an engine on a foreign base, so this catches a base
+changed on disk under a running engine; admissions then compare adapters against what is really there.
 """
 
 from __future__ import annotations
 
 import logging
 
-from tenantserve import admission
+from tenantserve.admission import BaseFacts, verify_base
 from tenantserve.errors import TenantserveError
 from tenantserve.registry import Registry
 from tenantserve.sidecar.metrics import SidecarMetrics
@@ -16,21 +16,17 @@ from tenantserve.sidecar.metrics import SidecarMetrics
 log = logging.getLogger("tenantserve.sidecar")
 
 
-def check_served_base(registry: Registry, metrics: SidecarMetrics) -> str:
-    """``match``, ``mismatch`` or ``unpinned``; a mismatch is logged (the engine keeps serving: the launcher refuses
-    to start one on a foreign base, so this catches a base changed on disk under a running engine)."""
-    if not registry.base.fingerprint:
-        result = "unpinned"
-    else:
-        verify = getattr(admission, "verify_base", None)
-        if verify is None:
-            result = "unpinned"
-        else:
-            try:
-                verify(registry)
-                result = "match"
-            except TenantserveError as exc:
-                log.error("served base does not match the registry's pin: %s", exc)
-                result = "mismatch"
-    metrics.fingerprint_checks.labels(result).inc()
-    return result
+def read_served_base(registry: Registry, metrics: SidecarMetrics) -> tuple[BaseFacts | None, str]:
+    """(facts, result) with result ``match``, ``mismatch`` or ``unpinned`` (or ``unreadable``, not counted)."""
+    try:
+        facts = BaseFacts.read(registry.base_path)
+        check = verify_base(registry, facts=facts)
+    except TenantserveError as exc:
+        log.error("cannot read the served base %s: %s", registry.base_path, exc)
+        return None, "unreadable"
+    if check.result == "mismatch":
+        log.error("%s", check.message())
+    elif check.result == "unpinned":
+        log.warning("%s", check.message())
+    metrics.fingerprint_checks.labels(check.result).inc()
+    return facts, check.result

@@ -27,6 +27,8 @@ class SidecarConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     load_concurrency: int = 4
+    #: When set, onboarded adapter directories must resolve inside it (admission's ``path_escape``).
+    adapters_root: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, insecure: bool = False, **overrides: object) -> SidecarConfig:

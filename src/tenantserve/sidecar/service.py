@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tenantserve.admission import admit
+from tenantserve.admission import BaseFacts, admit
 from tenantserve.errors import EngineError, TenantserveError
 from tenantserve.registry import AdapterSpec, Registry, TenantSpec
 from tenantserve.sidecar.config import SidecarConfig
@@ -29,12 +29,15 @@ from tenantserve.sidecar.store import RegistryStore
 
 class AdminService:
     def __init__(self, store: RegistryStore, engine: EngineClient, board: StatusBoard, metrics: SidecarMetrics,
-                 config: SidecarConfig, *, max_lora_rank: int | None) -> None:
+                 config: SidecarConfig, *, max_lora_rank: int | None, base: BaseFacts | None = None) -> None:
         self.store, self.engine, self.board, self.metrics, self.config = store, engine, board, metrics, config
         self.max_lora_rank = max_lora_rank
+        self.base = base
 
     def admit(self, registry: Registry, adapter: AdapterSpec) -> object:
-        return admit(registry, adapter, max_lora_rank=self.max_lora_rank)
+        """The admission checks against the engine's slot rank and the base read at start."""
+        return admit(registry, adapter, max_lora_rank=self.max_lora_rank, base=self.base,
+                     adapters_root=self.config.adapters_root)
 
     @asynccontextmanager
     async def _operation(self, name: str) -> AsyncIterator[dict[str, str]]:
