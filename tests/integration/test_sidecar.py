@@ -1,0 +1,216 @@
+"""The sidecar against a real vLLM engine of its own (this module mutates, kills and restarts it).
+
+One engine + one sidecar for the whole module (engine start costs 30-90 s here); the tests run in file order and
+each leaves the stack converged for the next.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tenantserve import embedded
+from tenantserve.registry import Registry
+from tests.conftest import EMBEDDED
+from tests.integration.engines import RunningEngine, copy_registry, start_engine
+from tests.sidecar.serving import SidecarThread
+
+
+@dataclass
+class Stack:
+    engine: RunningEngine
+    sidecar: SidecarThread
+    adapters: Path
+
+    def adapter_copy(self, name: str, *, source: str = "sql", **config: object) -> Path:
+        """A fresh directory with the embedded adapter's files (optionally with a changed adapter_config.json)."""
+        dest = self.adapters / name
+        if not dest.exists():
+            shutil.copytree(EMBEDDED / "adapters" / source, dest)
+        if config:
+            cfg = json.loads((dest / "adapter_config.json").read_text())
+            cfg.update(config)
+            (dest / "adapter_config.json").write_text(json.dumps(cfg))
+        return dest
+
+    def served(self) -> dict[str, str]:
+        data = httpx.get(f"{self.engine.url}/v1/models", timeout=10).json()["data"]
+        return {m["id"]: m["root"] for m in data if m.get("parent")}
+
+    def registered(self) -> set[str]:
+        return {a.name for _, a in Registry.load(self.engine.registry_path, check_paths=False).adapters()}
+
+    def complete(self, model: str, prompt: str = embedded.SQL_PROMPT, max_tokens: int = 24) -> str:
+        resp = self.engine.openai().completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
+                                                       temperature=0)
+        return resp.choices[0].text.strip()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("sidecar-stack")
+    registry = copy_registry(tmp / "adapters.yaml")
+    engine = start_engine(registry, tmp / "engine.log")
+    sidecar = SidecarThread(registry, engine.url, reconcile=True, reconcile_interval=3.0, watch_interval=0.5)
+    try:
+        sidecar.start()
+        (tmp / "adapters").mkdir()
+        yield Stack(engine, sidecar, tmp / "adapters")
+    finally:
+        sidecar.stop()
+        engine.stop()
+
+
+def test_onboard_at_runtime_and_serve_through_openai(stack: Stack) -> None:
+    pid = stack.engine.process.pid
+    path = stack.adapter_copy("hooli-sql")
+    with stack.sidecar.client() as c:
+        assert c.post("/admin/tenants", json={"id": "hooli"}).status_code == 201
+        resp = c.post("/admin/tenants/hooli/adapters", json={"name": "hooli-sql@v1", "path": str(path)})
+        assert resp.status_code == 201, resp.text
+        body = resp.json()
+        assert body["state"] == "loaded" and body["warmup_seconds"] > 0 and body["load_seconds"] > 0
+        again = c.post("/admin/tenants/hooli/adapters", json={"name": "hooli-sql@v1", "path": str(path)})
+        assert again.status_code == 200  # idempotent repeat
+    assert stack.complete("hooli-sql@v1") == embedded.SQL_ON_SQL
+    assert stack.engine.process.pid == pid and stack.engine.process.running()  # no restart
+    assert "hooli-sql@v1" in stack.registered() and stack.served()["hooli-sql@v1"] == str(path)
+    assert stack.sidecar.sample("tenantserve_adapter_warmup_seconds_count") >= 1
+    assert stack.sidecar.sample("tenantserve_adapters", state="loaded") == 4
+
+
+def test_bad_onboarding_requests_get_their_4xx_and_change_nothing(stack: Stack, tmp_path: Path) -> None:
+    before_file, before_served = stack.engine.registry_path.read_text(), stack.served()
+    big = stack.adapter_copy("too-big", r=16)
+    no_targets = stack.adapter_copy("no-targets", target_modules=["no_such_proj"])
+    cases = [
+        ({"name": "big", "path": str(big)}, 400, "rank_too_high"),
+        ({"name": "ghost", "path": str(tmp_path / "nope")}, 400, "path_missing"),
+        ({"name": "notarget", "path": str(no_targets)}, 400, None),
+        ({"name": "sql", "path": str(stack.adapter_copy("hooli-sql"))}, 409, "adapter_exists"),
+        ({"name": "hooli-sql@v1", "path": str(big)}, 409, "adapter_exists"),
+        ({"name": "x", "path": str(big), "extra": 1}, 422, "malformed_request"),
+        ({"path": str(big)}, 422, "malformed_request"),
+    ]
+    with stack.sidecar.client() as c:
+        for body, status, code in cases:
+            resp = c.post("/admin/tenants/hooli/adapters", json=body)
+            assert resp.status_code == status, (body, resp.text)
+            if code:
+                assert resp.json()["error"]["code"] == code
+        assert c.post("/admin/tenants/nobody/adapters", json={"name": "y", "path": str(big)}).status_code == 404
+    assert stack.engine.registry_path.read_text() == before_file
+    assert stack.served() == before_served
+
+
+def test_versioned_swap_and_offboard_while_streaming(stack: Stack) -> None:
+    """v2 is added and v1 removed while a v1 stream is in flight: the stream completes, v1 then 404s, v2 serves."""
+    client = stack.engine.openai()
+    chunks: list[str] = []
+    finished: list[str | None] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        for event in client.completions.create(model="hooli-sql@v1", prompt=embedded.SQL_PROMPT, max_tokens=200,
+                                               temperature=0, stream=True, extra_body={"ignore_eos": True}):
+            chunks.append(event.choices[0].text)
+            first.set()
+            if event.choices[0].finish_reason:
+                finished.append(event.choices[0].finish_reason)
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert first.wait(60)
+    with stack.sidecar.client() as c:
+        v2 = c.post("/admin/tenants/hooli/adapters",
+                    json={"name": "hooli-sql@v2", "path": str(stack.adapter_copy("hooli-sql-v2"))})
+        assert v2.status_code == 201, v2.text
+        in_flight_at_delete = not finished
+        gone = c.delete("/admin/tenants/hooli/adapters/hooli-sql@v1")
+        assert gone.status_code == 200, gone.text
+        assert gone.json()["unloaded"] and gone.json()["drained"]
+    with pytest.raises(openai.NotFoundError):
+        stack.complete("hooli-sql@v1")
+    reader.join(60)
+    assert in_flight_at_delete, "the stream ended before the offboarding started: the test proved nothing"
+    assert finished == ["length"] and len(chunks) >= 150
+    assert stack.complete("hooli-sql@v2") == embedded.SQL_ON_SQL
+    assert "hooli-sql@v1" not in stack.registered() and "hooli-sql@v1" not in stack.served()
+
+
+def test_hand_edited_registry_converges(stack: Stack) -> None:
+    path = stack.engine.registry_path
+    data = yaml.safe_load(path.read_text())
+    acme = next(t for t in data["tenants"] if t["id"] == "acme")
+    acme["adapters"].append({"name": "edited", "path": str(stack.adapter_copy("edited", source="pirate"))})
+    data["tenants"] = [t for t in data["tenants"] if t["id"] != "globex"]  # drops 'pirate'
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    wait_for(lambda: "edited" in stack.served() and "pirate" not in stack.served(), 20, "the engine to converge")
+    assert stack.complete("edited", embedded.FRUIT_PROMPT)
+    with pytest.raises(openai.NotFoundError):
+        stack.complete("pirate")
+
+
+def test_failed_adapter_is_retried_with_backoff_until_it_loads(stack: Stack) -> None:
+    path = stack.engine.registry_path
+    later = stack.adapters / "arrives-later"
+    data = yaml.safe_load(path.read_text())
+    data["tenants"][0]["adapters"].append({"name": "later", "path": str(later)})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with stack.sidecar.client() as c:
+        def status() -> dict:
+            return next((a for a in c.get("/admin/adapters").json() if a["name"] == "later"), {})
+
+        wait_for(lambda: status().get("attempts", 0) >= 2, 20, "two failed attempts")
+        failed = status()
+        assert failed["state"] == "failed" and failed["error_code"] == "path_missing"
+        shutil.copytree(EMBEDDED / "adapters" / "french", later)
+        wait_for(lambda: status().get("state") == "loaded", 20, "the retry to succeed")
+        assert c.get("/admin/reconcile").json()["engine_healthy"] is True
+    assert stack.sidecar.sample("tenantserve_reconcile_errors_total") >= 2
+
+
+def test_engine_kill9_and_restart_brings_every_adapter_back(stack: Stack) -> None:
+    """The engine restarts with its original command line (the registry at launch): runtime adapters are gone
+    from it, and the reconciler loads them again without anyone acting."""
+    registered = stack.registered()
+    assert {"hooli-sql@v2", "edited", "later"} <= registered
+    stack.engine.process.kill()
+    with stack.sidecar.client() as c:
+        resp = c.post("/admin/tenants/hooli/adapters",
+                      json={"name": "while-down", "path": str(stack.adapter_copy("while-down"))})
+        assert resp.status_code == 502 and resp.json()["error"]["code"] == "engine_error"
+    assert "while-down" not in stack.registered()
+    stack.engine.process.start()
+    stack.engine.process.wait_ready(420)
+    took = wait_for(lambda: set(stack.served()) == registered, 30, "every registered adapter to be served again")
+    assert took < 10
+    assert stack.complete("hooli-sql@v2") == embedded.SQL_ON_SQL
+    assert stack.sidecar.sample("tenantserve_reconcile_runs_total", result="engine_down") >= 1
+
+
+def test_remove_tenant_offboards_all_its_adapters(stack: Stack) -> None:
+    with stack.sidecar.client() as c:
+        resp = c.delete("/admin/tenants/hooli")
+        assert resp.status_code == 200 and [r["name"] for r in resp.json()] == ["hooli-sql@v2"]
+        assert "hooli" not in [t["id"] for t in c.get("/admin/tenants").json()]
+    assert "hooli-sql@v2" not in stack.served() and "hooli-sql@v2" not in stack.registered()
