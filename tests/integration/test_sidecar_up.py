@@ -1,0 +1,66 @@
+"""`tenantserve up`: engine + sidecar started together; an operator onboards with one command; Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tenantserve import embedded
+from tenantserve.demo import free_port
+from tests.conftest import EMBEDDED
+from tests.integration.engines import copy_registry
+
+TOKEN = "up-admin-token"
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_up_serves_onboards_with_one_command_and_ctrl_c_stops_both(tmp_path: Path) -> None:
+    registry = copy_registry(tmp_path / "adapters.yaml")
+    port, sidecar_port = free_port(), free_port()
+    env = {**os.environ, "TENANTSERVE_ADMIN_TOKEN": TOKEN, "TENANTSERVE_STATE_DIR": str(tmp_path / "state")}
+    cli = [sys.executable, "-m", "tenantserve"]
+    proc = subprocess.Popen([*cli, "up", "--registry", str(registry), "--port", str(port),
+                             "--sidecar-port", str(sidecar_port)], env=env, stdout=(tmp_path / "up.log").open("wb"),
+                            stderr=subprocess.STDOUT)
+    engine, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sidecar_port}"
+    try:
+        deadline = time.monotonic() + 420
+        while not (_up(f"{engine}/health") and _up(f"{admin}/healthz")):
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "tenantserve up did not come up"
+            time.sleep(0.5)
+        adapter = tmp_path / "initech-sql"
+        shutil.copytree(EMBEDDED / "adapters" / "sql", adapter)
+        add = subprocess.run([*cli, "adapters", "add", "--url", admin, "initech", "initech-sql", str(adapter)],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert add.returncode == 0, add.stderr
+        assert "initech-sql (tenant initech): loaded" in add.stdout
+        listed = subprocess.run([*cli, "adapters", "list", "--url", admin], env=env, capture_output=True, text=True)
+        assert listed.returncode == 0 and "initech-sql" in listed.stdout and "loaded" in listed.stdout
+        resp = httpx.post(f"{engine}/v1/completions", json={"model": "initech-sql", "prompt": embedded.SQL_PROMPT,
+                                                            "max_tokens": 24, "temperature": 0}, timeout=60)
+        assert resp.json()["choices"][0]["text"].strip() == embedded.SQL_ON_SQL
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0
+        assert not _up(f"{engine}/health") and not _up(f"{admin}/healthz")
+    finally:
+        if proc.poll() is None:  # a failed assertion: still stop the engine through `up` itself
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
