@@ -144,8 +144,11 @@ class Reconciler:
         self.board.retain(set(desired))
         for name, (tenant, path) in desired.items():
             self.board.ensure(name, tenant, path)
-            if actual.get(name) == path and self.board.get(name).state is not AdapterState.LOADED:  # type: ignore[union-attr]
+            state = self.board.get(name).state  # type: ignore[union-attr]
+            if actual.get(name) == path and state is not AdapterState.LOADED:
                 self.board.set(name, AdapterState.LOADED, last_error=None, error_code=None, attempts=0)
+            elif actual.get(name) != path and state is AdapterState.LOADED:  # the engine lost it (a restart)
+                self.board.set(name, AdapterState.DESIRED)
         plan = diff({n: p for n, (_, p) in desired.items()}, actual)
         self.status.last_plan = {"load": list(plan.load), "unload": list(plan.unload), "replace": list(plan.replace)}
         if plan.empty:
