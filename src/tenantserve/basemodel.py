@@ -38,9 +38,10 @@ class BaseFacts:
     @classmethod
     def read(
         cls, path: Path, *, cache: FingerprintCache | None = None, workers: int | None = None,
-        on_progress: Progress | None = None,
+        on_progress: Progress | None = None, fp: Fingerprint | None = None,
     ) -> BaseFacts:
-        fp = fingerprint(path, cache=cache, workers=workers, on_progress=on_progress)
+        """``fp``: the fingerprint when already computed (check the pin first, then parse what it vouches for)."""
+        fp = fp or fingerprint(path, cache=cache, workers=workers, on_progress=on_progress)
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -116,10 +117,16 @@ def compare_pin(fp: Fingerprint, pinned: str | None, pinned_files: dict[str, str
 
 
 def verify_base(
-    registry: Registry, *, facts: BaseFacts | None = None, cache: FingerprintCache | None = None
+    registry: Registry, *, facts: BaseFacts | None = None, fp: Fingerprint | None = None,
+    cache: FingerprintCache | None = None,
 ) -> BaseCheck:
-    """Fingerprint the registry's base (cached: a stat per file when unchanged) and compare it with the pin."""
-    fp = facts.fingerprint if facts is not None else fingerprint(registry.base_path, cache=cache)
+    """Fingerprint the registry's base (cached: a stat per file when unchanged) and compare it with the pin.
+
+    ``facts`` / ``fp``: reuse what was already computed. ``cache``: default the user's fingerprint cache.
+    """
+    if fp is None:
+        fp = facts.fingerprint if facts is not None else fingerprint(
+            registry.base_path, cache=cache if cache is not None else FingerprintCache.default())
     return compare_pin(fp, registry.base.fingerprint, registry.base.files)
 
 

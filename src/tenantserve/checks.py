@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from tenantserve.admission import BaseCheck, BaseFacts, admit, verify_base
 from tenantserve.adapters import AdapterConfig
 from tenantserve.errors import TenantserveError
+from tenantserve.fingerprint import fingerprint
 from tenantserve.fpcache import FingerprintCache
 from tenantserve.launcher import derive_max_lora_rank
 from tenantserve.registry import ALLOWED_LORA_RANKS, Registry
@@ -51,16 +52,18 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
     max_rank = _slot_rank(registry)
     facts: BaseFacts | None = None
     try:
-        facts = BaseFacts.read(registry.base_path, cache=cache)
-        base: BaseCheck = verify_base(registry, facts=facts)
+        fp = fingerprint(registry.base_path, cache=cache)
+        base: BaseCheck = verify_base(registry, fp=fp)
         head = (base.result, "ok" if base.result != "mismatch" else "base_changed", base.message(), base.actual)
+        if base.result != "mismatch":
+            facts = BaseFacts.read(registry.base_path, fp=fp)
     except TenantserveError as exc:
         head = ("unreadable", exc.code, str(exc), None)
     rows = []
     for tenant, spec in registry.adapters():
         if facts is None:
-            rows.append(CheckRow(tenant.id, spec.name, None, None, "-", "refused", "base_unreadable",
-                                 "the base cannot be read (see above)"))
+            rows.append(CheckRow(tenant.id, spec.name, None, None, "-", "refused", "base_unusable",
+                                 "not checked: the base is not usable (see above)"))
             continue
         try:
             a = admit(registry, spec, max_lora_rank=max_rank, base=facts, cache=cache)

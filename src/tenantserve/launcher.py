@@ -21,6 +21,7 @@ from tenantserve.adapters import AdapterConfig
 from tenantserve.admission import BaseFacts, admit, verify_base
 from tenantserve.errors import AdapterError, EngineError
 from tenantserve.metrics import MULTIPROC_ENV, make_multiproc_dir
+from tenantserve.fingerprint import fingerprint
 from tenantserve.fpcache import FingerprintCache
 from tenantserve.registry import ALLOWED_LORA_RANKS, Registry
 
@@ -170,9 +171,10 @@ def plan_launch(
     knobs = resolve_knobs(registry, {name: cfg.max_rank for name, cfg in configs.items()})
     device = device or detect_device()
     cache = cache if cache is not None else FingerprintCache.default()
-    base = BaseFacts.read(registry.base_path, cache=cache)
-    base_check = verify_base(registry, facts=base)
+    base_fp = fingerprint(registry.base_path, cache=cache)
+    base_check = verify_base(registry, fp=base_fp)
     base_check.require_match()
+    base = BaseFacts.read(registry.base_path, fp=base_fp)
     warnings: list[str] = [base_check.message()] if base_check.result == "unpinned" else []
     for _, adapter in registry.adapters():
         admission = admit(registry, adapter, max_lora_rank=knobs.max_lora_rank, base=base, cache=cache)
