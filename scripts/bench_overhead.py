@@ -1,0 +1,125 @@
+"""What the tenant middleware costs: the same workload against vLLM without and with it, side by side in one run.
+
+Two engines start from the same registry (one with ``security.auth: false``, plain vLLM; one with it on, the
+middleware loaded and a tenant key used). Rounds alternate between them (A B, then B A, ...) so that drift on a
+shared machine hits both alike. Reported: p50 latency at concurrency 1 and throughput at concurrency 16, and the
+ratios with/without (goal: overhead <= 3%).
+
+    .venv/bin/python scripts/bench_overhead.py [--rounds 6] [--c1-requests 20] [--c16-requests 64] [--max-tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tenantserve.keys import issue_key  # noqa: E402
+from tenantserve.registry import Registry  # noqa: E402
+from tests.integration.engines import RunningEngine, copy_registry, start_engine  # noqa: E402
+
+ADMIN = "bench-admin-token"
+
+
+@dataclass
+class Side:
+    name: str
+    engine: RunningEngine
+    key: str
+    latencies: list[float] = field(default_factory=list)
+    c16_requests: int = 0
+    c16_seconds: float = 0.0
+
+
+async def _one(client: httpx.AsyncClient, side: Side, max_tokens: int) -> float:
+    start = time.perf_counter()
+    resp = await client.post(f"{side.engine.url}/v1/completions", headers={"Authorization": f"Bearer {side.key}"},
+                             json={"model": "sql", "prompt": "Table users(id,name). Query all names:",
+                                   "max_tokens": max_tokens, "min_tokens": max_tokens, "temperature": 0})
+    resp.raise_for_status()
+    return time.perf_counter() - start
+
+
+async def _round(side: Side, c1: int, c16: int, max_tokens: int) -> None:
+    async with httpx.AsyncClient(timeout=120) as client:
+        for _ in range(c1):
+            side.latencies.append(await _one(client, side, max_tokens))
+        queue = list(range(c16))
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                await _one(client, side, max_tokens)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(16)))
+        side.c16_seconds += time.perf_counter() - start
+        side.c16_requests += c16
+
+
+def _start(tmp: Path, auth: bool) -> tuple[RunningEngine, str]:
+    path = copy_registry(tmp / f"{'with' if auth else 'without'}.yaml")
+    reg = Registry.load(path, check_paths=False)
+    reg.security.auth = auth
+    key = issue_key(reg.tenant("acme")) if auth else "none"
+    reg.save(path)
+    engine = start_engine(path, tmp / f"engine-{'with' if auth else 'without'}.log",
+                          extra_env={"TENANTSERVE_ADMIN_TOKEN": ADMIN})
+    return engine, key
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--c1-requests", type=int, default=20)
+    ap.add_argument("--c16-requests", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    sides: list[Side] = []
+    try:
+        for name, auth in (("without", False), ("with", True)):
+            print(f"starting engine {name} middleware ...", file=sys.stderr, flush=True)
+            engine, key = _start(tmp, auth)
+            sides.append(Side(name, engine, key))
+        for side in sides:  # warm-up: adapter load, first-request costs
+            asyncio.run(_round(side, 3, 16, args.max_tokens))
+            side.latencies.clear()
+            side.c16_requests, side.c16_seconds = 0, 0.0
+        for r in range(args.rounds):
+            for side in sides if r % 2 == 0 else reversed(sides):
+                asyncio.run(_round(side, args.c1_requests, args.c16_requests, args.max_tokens))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    finally:
+        for side in sides:
+            side.engine.stop()
+    _report(sides, args)
+
+
+def _report(sides: list[Side], args: argparse.Namespace) -> None:
+    without, with_ = sides
+    p50 = {s.name: statistics.median(s.latencies) * 1000 for s in sides}
+    thr = {s.name: s.c16_requests / s.c16_seconds for s in sides}
+    print(f"workload: model sql, {args.max_tokens} tokens/request, {args.rounds} alternating rounds of "
+          f"{args.c1_requests} sequential + {args.c16_requests} at concurrency 16, per engine")
+    print(f"{'':24}{'without':>12}{'with':>12}{'ratio':>10}")
+    print(f"{'p50 latency c=1 (ms)':24}{p50['without']:>12.1f}{p50['with']:>12.1f}"
+          f"{p50['with'] / p50['without']:>10.3f}")
+    print(f"{'throughput c=16 (req/s)':24}{thr['without']:>12.2f}{thr['with']:>12.2f}"
+          f"{thr['with'] / thr['without']:>10.3f}")
+    print(f"samples: c=1 {len(without.latencies)} / {len(with_.latencies)} requests; "
+          f"c=16 {without.c16_requests} / {with_.c16_requests} requests")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""One real vLLM engine WITH the tenant middleware, started once for the security tests.
+
+Registry: the default one (absolute paths) with ``security.auth`` on; acme owns ``sql`` and may use the base,
+globex owns ``pirate`` and may not, initech owns ``french`` with at most 1 request in flight. The engine binds
+0.0.0.0 so that tests can also reach it from this machine's non-loopback address (192.0.2.x here): admin routes and
+/metrics must behave differently there.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tenantserve.keys import issue_key
+from tenantserve.registry import Registry
+from tests.integration.engines import RunningEngine, copy_registry, start_engine
+
+ADMIN_TOKEN = "tsadmin-" + "integration-test-admin-token"
+METRICS_TOKEN = "tsmetrics-" + "integration-test-metrics-token"
+
+
+def non_loopback_address() -> str | None:
+    """This machine's address on its default route, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.254", 9))
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr
+
+
+@dataclass
+class SecuredEngine:
+    engine: RunningEngine
+    keys: dict[str, str]  # tenant id -> a live key
+    remote_url: str | None  # the same engine through a non-loopback address
+
+    @property
+    def url(self) -> str:
+        return self.engine.url
+
+    @property
+    def registry_path(self) -> Path:
+        return self.engine.registry_path
+
+    def edit(self, change: Callable[[Registry], object]) -> object:
+        """Change the registry file the running middleware watches (atomically, like the CLI and the sidecar)."""
+        reg = Registry.load(self.registry_path, check_paths=False)
+        result = change(reg)
+        reg.save(self.registry_path)
+        return result
+
+    def client(self, key: str | None, *, remote: bool = False, timeout: float = 60.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        base = self.remote_url if remote else self.url
+        assert base, "no non-loopback address on this machine"
+        return httpx.Client(base_url=base, headers=headers, timeout=timeout)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, tick: float = 0.1) -> float:
+    """Seconds until ``cond()`` held; fails after ``timeout``."""
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(tick)
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="session")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEngine]:
+    tmp = tmp_path_factory.mktemp("secured")
+    path = copy_registry(tmp / "adapters.yaml")
+    reg = Registry.load(path, check_paths=False)
+    reg.security.auth = True
+    reg.tenant("globex").allow_base = False
+    reg.tenant("initech").max_in_flight = 1
+    keys = {t.id: issue_key(t) for t in reg.tenants}
+    reg.save(path)
+    prom_dir = tmp / "prometheus"
+    prom_dir.mkdir()
+    env = {"TENANTSERVE_ADMIN_TOKEN": ADMIN_TOKEN, "TENANTSERVE_METRICS_TOKEN": METRICS_TOKEN,
+           "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}
+    running = start_engine(path, tmp / "engine.log", host="0.0.0.0", extra_env=env)
+    addr = non_loopback_address()
+    port = running.url.rsplit(":", 1)[1]
+    try:
+        yield SecuredEngine(running, keys, f"http://{addr}:{port}" if addr else None)
+    finally:
+        running.stop()
