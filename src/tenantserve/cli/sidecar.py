@@ -25,8 +25,11 @@ insecure_option = click.option("--insecure-dev-no-auth", "insecure", is_flag=Tru
 @engine_url_option
 @click.option("--host", default=_defaults.sidecar_host, show_default=True, help="Address of the admin API.")
 @click.option("--port", type=click.IntRange(1, 65535), default=_defaults.sidecar_port, show_default=True)
+@click.option("--adapters-root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Refuse to onboard adapters whose directory resolves outside this one.")
 @insecure_option
-def command(registry_path: Path, engine_url: str, host: str, port: int, insecure: bool) -> None:
+def command(registry_path: Path, engine_url: str, host: str, port: int, adapters_root: Path | None,
+            insecure: bool) -> None:
     """Serve the admin API (docs at /docs) and keep the engine converged to the registry.
 
     Onboarding and offboarding go through vLLM's runtime load/unload and are persisted in the registry; after an
@@ -34,5 +37,6 @@ def command(registry_path: Path, engine_url: str, host: str, port: int, insecure
     registered. Refuses to start without TENANTSERVE_ADMIN_TOKEN (exit 2) unless --insecure-dev-no-auth.
     """
     config = SidecarConfig.from_settings(Settings(), insecure=insecure, registry_path=registry_path,
-                                         engine_url=engine_url.rstrip("/"))
+                                         engine_url=engine_url.rstrip("/"),
+                                         adapters_root=adapters_root.resolve() if adapters_root else None)
     sys.exit(run(config, host=host, port=port))
