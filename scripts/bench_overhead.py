@@ -78,13 +78,59 @@ def _start(tmp: Path, auth: bool) -> tuple[RunningEngine, str]:
     return engine, key
 
 
+def micro(n: int = 20_000) -> tuple[float, float]:
+    """Microseconds per request through a trivial ASGI app, without and with the middleware (no engine, no HTTP):
+    the middleware's own cost, free of the engine's noise."""
+    from prometheus_client import CollectorRegistry
+
+    from tenantserve.middleware import TenantMiddleware
+    from tenantserve.registry import AdapterSpec, BaseSpec, TenantSpec
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-micro-"))
+    reg = Registry(base=BaseSpec(name="demo-base", path=Path("b")),
+                   tenants=[TenantSpec(id=f"t{i}", adapters=[AdapterSpec(name=f"a{i}", path=Path("a"))])
+                            for i in range(100)])
+    key = issue_key(reg.tenants[42])
+    reg.save(tmp / "r.yaml")
+    wrapped = TenantMiddleware(app, registry_path=tmp / "r.yaml", environ={}, metrics_registry=CollectorRegistry())
+    body = b'{"model": "a42", "prompt": "Table users(id,name). Query all names:", "max_tokens": 16}'
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "client": ("127.0.0.1", 1),
+             "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-length", str(len(body)).encode())]}
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        pass
+
+    async def run(target) -> float:  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        for _ in range(n):
+            await target(dict(scope), receive, send)
+        return (time.perf_counter() - start) / n * 1e6
+
+    bare, mw = asyncio.run(run(app)), asyncio.run(run(wrapped))
+    return bare, mw
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--c1-requests", type=int, default=20)
     ap.add_argument("--c16-requests", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--micro-only", action="store_true", help="only the in-process per-request cost (no engine)")
     args = ap.parse_args()
+    bare, mw = micro()
+    print(f"in-process, 100 tenants: bare app {bare:.1f} us/request, with middleware {mw:.1f} us/request "
+          f"(+{mw - bare:.1f} us)")
+    if args.micro_only:
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     sides: list[Side] = []
     try:
