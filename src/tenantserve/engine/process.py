@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ import httpx
 
 from tenantserve.errors import EngineError
 from tenantserve.launcher import LaunchPlan
+from tenantserve.metrics import MULTIPROC_ENV, make_multiproc_dir
 
 
 class EngineProcess:
@@ -24,11 +26,16 @@ class EngineProcess:
         self.log_path = log_path
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_dir: Path | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         env = {**os.environ, **self.plan.env, **self.extra_env}
+        if self.metrics_dir is not None:  # left by a killed run
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir = make_multiproc_dir(env)  # fresh per start: a restart must not add old counts
+        env[MULTIPROC_ENV] = str(self.metrics_dir)
         try:
             self.proc = subprocess.Popen(
                 self.plan.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -76,6 +83,8 @@ class EngineProcess:
                 self._signal_group(signal.SIGKILL)
                 self.proc.wait()
         self._signal_group(signal.SIGKILL)  # stragglers of the group, if any
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -1,0 +1,73 @@
+"""tenantserve's vLLM general plugin: LoRA slot and defer metrics from inside the engine.
+
+Registered as the ``tenantserve`` entry point of ``vllm.general_plugins``; vLLM calls ``register()`` in the API
+server, in EngineCore and in every worker. Nothing is imported or counted eagerly: the scheduler hook attaches
+when ``vllm.v1.core.sched.scheduler`` is imported (EngineCore), the slot hooks when ``vllm.lora.worker_manager`` is
+(workers; only with ``--enable-lora``). So the plugin costs the API server nothing and is a no-op without LoRA.
+Registering twice attaches once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from types import ModuleType
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from tenantserve.metrics import MULTIPROC_ENV, EngineMetrics
+from tenantserve.vllm_plugin import defers, slots
+from tenantserve.vllm_plugin.labels import AdapterLabels
+from tenantserve.vllm_plugin.patching import is_wrapped, when_imported
+
+SCHEDULER_MODULE = "vllm.v1.core.sched.scheduler"
+WORKER_MANAGER_MODULE = "vllm.lora.worker_manager"
+REGISTRY_ENV = "TENANTSERVE_REGISTRY"
+
+
+@dataclass
+class EnginePlugin:
+    """Metrics and labels are built on first use, in the process that counts (never in the API server)."""
+
+    registry_path: Path | None
+    collector_registry: CollectorRegistry
+    installed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str] | os._Environ[str]) -> EnginePlugin:
+        path = environ.get(REGISTRY_ENV)
+        # Multiprocess mode writes values to files whatever the registry: a private one avoids clashes. Without it
+        # (an in-process engine), the default registry is the one vLLM's /metrics serves.
+        registry = CollectorRegistry() if environ.get(MULTIPROC_ENV) else REGISTRY
+        return cls(Path(path) if path else None, registry)
+
+    @cached_property
+    def labels(self) -> AdapterLabels:
+        return AdapterLabels.from_registry(self.registry_path)
+
+    @cached_property
+    def metrics(self) -> EngineMetrics:
+        metrics = EngineMetrics.create(self.collector_registry)
+        metrics.touch(sorted(self.labels.known))
+        return metrics
+
+    def attach_scheduler(self, module: ModuleType) -> None:
+        if not is_wrapped(module.Scheduler.schedule):  # checked first: building metrics twice would clash
+            defers.install(module.Scheduler, defers.DeferRecorder(self.metrics, self.labels))
+            self.installed.append("scheduler")
+
+    def attach_worker(self, module: ModuleType) -> None:
+        if not is_wrapped(module.LRUCacheWorkerLoRAManager.add_adapter):
+            slots.install(module.LRUCacheWorkerLoRAManager, slots.SlotRecorder(self.metrics, self.labels))
+            self.installed.append("worker")
+
+    def hook(self) -> None:
+        when_imported(SCHEDULER_MODULE, self.attach_scheduler)
+        when_imported(WORKER_MANAGER_MODULE, self.attach_worker)
+
+
+def register() -> None:
+    """The entry point vLLM calls (possibly several times per process)."""
+    EnginePlugin.from_environ(os.environ).hook()
