@@ -83,7 +83,7 @@ def test_models_list_is_per_tenant(world: World) -> None:
     ids = lambda key: {m["id"] for m in c.get("/v1/models", headers=bearer(key)).json()["data"]}  # noqa: E731
     assert ids(world.keys["acme"]) == {"demo-base", "sql"}
     assert ids(world.keys["globex"]) == {"pirate"}
-    assert ids(ADMIN_TOKEN) == {"demo-base", "sql", "pirate", "french"}
+    assert ids(ADMIN_TOKEN) == {"demo-base", "sql", "pirate", "french", "loaded-at-runtime"}  # unfiltered
     assert c.get("/v1/models").status_code == 401
 
 
@@ -162,3 +162,11 @@ def test_metrics_bounded_labels(world: World) -> None:
     assert get("tenantserve_requests_in_flight", {"tenant": "acme"}) == 0
     names = {s.labels.get("model") for m in world.metrics.collect() for s in m.samples}
     assert "zzz-unbounded-name" not in names and "pirate" not in names
+
+
+def test_admin_reaches_any_model_vllm_serves(world: World) -> None:
+    """The sidecar warms up an adapter it has just loaded, before the registry names it."""
+    resp = _complete(world.make(), ADMIN_TOKEN, "loaded-at-runtime")
+    assert resp.status_code == 200 and resp.json()["model"] == "loaded-at-runtime"
+    assert world.metrics.get_sample_value("tenantserve_requests_total",
+                                          {"tenant": "admin", "model": "other", "status": "200"}) == 1

@@ -100,7 +100,7 @@ class TenantMiddleware:
             await send(message)
 
         try:
-            if route is Route.MODELS:
+            if route is Route.MODELS and caller != ADMIN:
                 await _filtered_models(self.app, scope, receive, send_wrapper, view.allowed_models(caller))
             else:
                 await self.app(scope, receive, send_wrapper)

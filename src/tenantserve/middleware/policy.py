@@ -125,9 +125,12 @@ class AccessView:
     def allowed_models(self, caller: str) -> frozenset[str]:
         return self.all_models if caller == ADMIN else self.models.get(caller, frozenset())
 
-    def check_model(self, caller: str, model: object) -> str:
-        """The model name if ``caller`` may use it; an omitted model means the base (vLLM's default)."""
+    def check_model(self, caller: str, model: object) -> str | None:
+        """The model name if ``caller`` may use it; an omitted model means the base (vLLM's default).
+        The admin (the sidecar warming up an adapter it just loaded) reaches whatever vLLM serves."""
         name = self.base if model is None else model
+        if caller == ADMIN:
+            return name if isinstance(name, str) else None
         if not isinstance(name, str) or name not in self.allowed_models(caller):
             raise ModelNotFound(name)
         return name
