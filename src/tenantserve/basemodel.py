@@ -40,8 +40,11 @@ class BaseFacts:
         cls, path: Path, *, cache: FingerprintCache | None = None, workers: int | None = None,
         on_progress: Progress | None = None, fp: Fingerprint | None = None,
     ) -> BaseFacts:
-        """``fp``: the fingerprint when already computed (check the pin first, then parse what it vouches for)."""
-        fp = fp or fingerprint(path, cache=cache, workers=workers, on_progress=on_progress)
+        """``fp``: the fingerprint when already computed (check the pin first, then parse what it vouches for).
+        ``cache``: default the user's fingerprint cache, so a re-read of an unchanged base is a stat per file."""
+        if fp is None:
+            cache = cache if cache is not None else FingerprintCache.default()
+            fp = fingerprint(path, cache=cache, workers=workers, on_progress=on_progress)
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
