@@ -12,7 +12,7 @@ import pytest
 
 from tenantserve.errors import FingerprintError
 from tenantserve.fingerprint import fingerprint, manifest_digest, model_files
-from tenantserve.fpcache import FingerprintCache, default_cache_dir
+from tenantserve.fpcache import FileKey, FingerprintCache, default_cache_dir
 from tests.lora_corpus import flip_byte, make_base
 
 
@@ -74,15 +74,31 @@ def test_cached_recheck_reads_nothing_and_a_changed_file_is_read_again(tmp_path:
     assert [c.name for c in again.diff(cold.manifest())] == [shard.name]
 
 
-def test_same_size_rewrite_within_the_racy_window_is_not_trusted(tmp_path: Path) -> None:
+def test_same_size_rewrite_with_restored_mtime_is_detected(tmp_path: Path) -> None:
     base = make_base(tmp_path / "base")
     cache = FingerprintCache(tmp_path / "cache").load()  # default 2 s window
     first = fingerprint(base, cache=cache)
     weights = base / "model.safetensors"
     st = weights.stat()
     flip_byte(weights)
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: only the window saves us
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: ctime still moved
     assert fingerprint(base, cache=cache).value != first.value
+
+
+def test_digests_of_files_changed_just_before_hashing_are_not_trusted(tmp_path: Path) -> None:
+    """A write in the same timestamp tick as the hash would keep the stat: such entries are re-hashed."""
+    f = tmp_path / "config.json"
+    f.write_text("{}")
+    key = FileKey.of(f)
+    changed = max(key.mtime_ns, key.ctime_ns)
+    cache = FingerprintCache(tmp_path / "c", racy_window_ns=2_000_000_000)
+    cache.store({key: "a" * 64}, hashed_at_ns=changed + 1_000_000_000)  # hashed 1 s after the change
+    assert cache.lookup(key) is None
+    cache.store({key: "a" * 64}, hashed_at_ns=changed + 3_000_000_000)
+    assert cache.lookup(key) == "a" * 64
+    assert FingerprintCache(tmp_path / "c").load().lookup(key) == "a" * 64  # persisted
+    f.write_text("{ }")
+    assert cache.lookup(FileKey.of(f)) is None
 
 
 def test_cache_file_is_json_written_atomically_and_a_corrupt_one_is_ignored(tmp_path: Path) -> None:
