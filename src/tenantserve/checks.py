@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tenantserve.admission import BaseCheck, BaseFacts, admit, verify_base
-from tenantserve.adapters import AdapterConfig
+from tenantserve.adapters import AdapterConfig, bytes_on_disk
 from tenantserve.errors import TenantserveError
 from tenantserve.fingerprint import fingerprint
 from tenantserve.fpcache import FingerprintCache
@@ -70,7 +70,8 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
         except TenantserveError as exc:
             rank = _rank_or_none(registry, spec)
             match = "no" if exc.code in ("base_mismatch", "base_conflict") else "-"
-            rows.append(CheckRow(tenant.id, spec.name, rank, None, match, "refused", exc.code, str(exc)))
+            rows.append(CheckRow(tenant.id, spec.name, rank, _bytes_or_none(registry, spec), match, "refused",
+                                 exc.code, str(exc)))
             continue
         verdict, reason = ("warn", a.warnings[0]) if a.warnings else ("ok", "")
         rows.append(CheckRow(tenant.id, spec.name, a.rank, a.bytes, "yes" if a.base_verified else "unverified",
@@ -93,4 +94,11 @@ def _rank_or_none(registry: Registry, spec: object) -> int | None:
     try:
         return AdapterConfig.read(registry.adapter_path(spec)).max_rank  # type: ignore[arg-type]
     except (TenantserveError, OSError):
+        return None
+
+
+def _bytes_or_none(registry: Registry, spec: object) -> int | None:
+    try:
+        return bytes_on_disk(registry.adapter_path(spec))  # type: ignore[arg-type]
+    except OSError:
         return None
