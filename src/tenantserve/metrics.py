@@ -112,3 +112,18 @@ def make_multiproc_dir(environ: Mapping[str, str]) -> Path:
     if parent is not None:
         Path(parent).mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="tenantserve-metrics-", dir=parent))
+
+
+def per_label(exposition: str, sample: str, label: str = "adapter") -> dict[str, float]:
+    """Values of one sample name from a ``/metrics`` text, keyed by one label (summed over the others).
+
+    For tests, benchmarks and the demo: what an engine says now, to diff against what was sent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for s in family.samples:
+            if s.name == sample:
+                key = s.labels.get(label, "")
+                out[key] = out.get(key, 0.0) + s.value
+    return out

@@ -61,11 +61,21 @@ class SlotRecorder:
         self.metrics = metrics
         self.labels = labels
         self._names: dict[int, str | None] = {}
+        self._hits: dict[str, Any] = {}
 
     def started(self, slots: int) -> None:
         """The worker's LoRA manager exists: publish the slot count before any traffic."""
         self.metrics.slots_total.set(slots)
         self.metrics.slots_used.set(0)
+
+    def hit(self, request: AdapterRequest) -> None:
+        """Fast path for a step that finds the adapter in its slot (nothing moved, nothing evicted)."""
+        label = self.labels.label(request.lora_name, request.lora_path)
+        if label is not None:
+            counter = self._hits.get(label)
+            if counter is None:
+                counter = self._hits[label] = self.metrics.slot_hits.labels(label)
+            counter.inc()
 
     def record(self, request: AdapterRequest, act: Activation, seconds: float, *, demanded: bool,
                slots_used: int) -> None:
@@ -87,6 +97,12 @@ class SlotRecorder:
             m.slot_misses.labels(label).inc()
         (m.disk_loads if act.outcome == "disk" else m.cpu_cache_hits).labels(label).inc()
         m.load_seconds.labels(act.outcome).observe(seconds)
+
+
+def _in_slot(adapter_manager: Any, request: AdapterRequest) -> bool:
+    lora_id = request.lora_int_id
+    return (not request.load_inplace and lora_id in adapter_manager._active_adapters.cache
+            and lora_id in adapter_manager._registered_adapters.cache)
 
 
 def snapshot(adapter_manager: object) -> SlotSnapshot:
@@ -140,6 +156,10 @@ def install(worker_manager_cls: type, recorder: SlotRecorder) -> bool:
     def add_adapter(self: Any, lora_request: AdapterRequest) -> bool:
         if not getattr(self, COUNTS, True):
             return original_add(self, lora_request)
+        if getattr(self, IN_STEP, False) and _in_slot(self._adapter_manager, lora_request):
+            loaded = original_add(self, lora_request)  # the common case, every step: no snapshots needed
+            safely(recorder.hit, lora_request)
+            return loaded
         before = safely(snapshot, self._adapter_manager)
         start = time.perf_counter()
         loaded = original_add(self, lora_request)

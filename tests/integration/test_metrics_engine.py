@@ -1,0 +1,133 @@
+"""The engine plugin's counters against a real vLLM engine (the shared one: max_loras=2, three adapters).
+
+Every test diffs ``/metrics`` before and after its own traffic and compares with what it sent: which adapter each
+request used, in which order, and how many tokens came back (one scheduler step per generated token).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tenantserve import embedded
+from tenantserve.metrics import per_label
+from tests.integration.engines import RunningEngine
+
+COUNTERS = ("slot_hits", "slot_misses", "slot_evictions", "cpu_cache_hits", "disk_loads", "defers",
+            "deferred_requests")
+
+
+class Counts:
+    """All plugin counters by adapter, as ``/metrics`` shows them now."""
+
+    def __init__(self, engine: RunningEngine) -> None:
+        text = httpx.get(f"{engine.url}/metrics", timeout=10).text
+        self.text = text
+        self.values = {c: per_label(text, f"tenantserve_lora_{c}_total") for c in COUNTERS}
+
+    def __sub__(self, before: Counts) -> dict[str, dict[str, float]]:
+        return {c: {a: v - before.values[c].get(a, 0.0) for a, v in self.values[c].items()} for c in COUNTERS}
+
+
+def complete(engine: RunningEngine, model: str, max_tokens: int) -> int:
+    """One request; returns the number of generated tokens (= scheduler steps it ran)."""
+    resp = engine.openai().completions.create(model=model, prompt=embedded.SQL_PROMPT, max_tokens=max_tokens,
+                                              temperature=0, extra_body={"ignore_eos": True})
+    return resp.usage.completion_tokens
+
+
+def test_metrics_beside_vllm_with_bounded_labels(engine: RunningEngine) -> None:
+    text = httpx.get(f"{engine.url}/metrics", timeout=10).text
+    assert "vllm:" in text
+    registry = engine.registry
+    assert per_label(text, "tenantserve_lora_slots_total", "") == {"": registry.engine.max_loras}
+    hits = per_label(text, "tenantserve_lora_slot_hits_total")
+    assert set(hits) == {a.name for _, a in registry.adapters()} | {"other"}
+    assert not [line for line in text.splitlines() if "warmup_" in line]
+
+
+def test_three_adapters_cycling_through_two_slots_miss_and_evict_every_time(engine: RunningEngine) -> None:
+    a, b, c = (adapter.name for _, adapter in engine.registry.adapters())
+    for name in (a, b):  # known slot state afterwards: {a, b}, b most recent
+        complete(engine, name, 2)
+    before = Counts(engine)
+    order = [c, a, b, c, a, b]
+    tokens = {n: 0 for n in (a, b, c)}
+    for name in order:  # sequential: one adapter per step, LRU over two slots evicts the next one needed
+        tokens[name] += complete(engine, name, 8) - 1  # every step after the first needs it in its slot
+    diff = Counts(engine) - before
+    for name in (a, b, c):
+        sent = order.count(name)
+        assert diff["slot_misses"][name] == sent
+        assert diff["slot_evictions"][name] == sent
+        assert diff["slot_hits"][name] == tokens[name]
+        assert diff["cpu_cache_hits"][name] + diff["disk_loads"][name] == sent
+        assert diff["defers"][name] == 0 and diff["deferred_requests"][name] == 0
+
+
+def test_one_adapter_converges_to_a_hit_rate_near_one(engine: RunningEngine) -> None:
+    name = embedded.SQL_ADAPTER
+    before = Counts(engine)
+    with ThreadPoolExecutor(4) as pool:
+        steps = sum(pool.map(lambda _: complete(engine, name, 24), range(12)))
+    diff = Counts(engine) - before
+    hits, misses = diff["slot_hits"][name], diff["slot_misses"][name]
+    assert misses <= 1
+    assert 0 < hits <= steps  # concurrent requests share steps: at most one hit per step
+    assert hits / (hits + misses) >= 0.95
+    assert diff["cpu_cache_hits"][name] + diff["disk_loads"][name] == misses
+    assert diff["defers"][name] == diff["deferred_requests"][name] == 0
+
+
+def test_third_adapter_waits_while_two_others_hold_the_slots(engine: RunningEngine) -> None:
+    a, b, c = (adapter.name for _, adapter in engine.registry.adapters())
+    client = engine.openai()
+    started = {a: threading.Event(), b: threading.Event()}
+
+    def long_stream(name: str) -> None:
+        stream = client.completions.create(model=name, prompt=embedded.SQL_PROMPT, max_tokens=160, temperature=0,
+                                           stream=True, extra_body={"ignore_eos": True})
+        for _chunk in stream:  # the first chunk means: scheduled, in a slot
+            started[name].set()
+
+    before = Counts(engine)
+    with ThreadPoolExecutor(5) as pool:
+        holders = [pool.submit(long_stream, n) for n in (a, b)]
+        assert all(started[n].wait(60) for n in (a, b)), "the long requests did not start"
+        waiters = [pool.submit(complete, engine, c, 4) for _ in range(3)]
+        for f in holders + waiters:
+            f.result(timeout=300)
+    diff = Counts(engine) - before
+    assert diff["deferred_requests"][c] == 3  # every request for c had to wait ...
+    assert diff["deferred_requests"][a] == diff["deferred_requests"][b] == 0  # ... and nobody else did
+    assert 1 <= diff["defers"][c] <= 160  # at most one defer per step of the long requests
+    assert diff["slot_misses"][c] == 1  # c's three requests entered together, into one freed slot
+    assert sum(diff["slot_evictions"].values()) == 1
+
+
+def test_base_requests_count_nothing(engine: RunningEngine) -> None:
+    before = Counts(engine)
+    complete(engine, engine.registry.base.name, 8)
+    diff = Counts(engine) - before
+    assert all(v == 0 for d in diff.values() for v in d.values()), diff
+
+
+def test_an_adapter_outside_the_registry_is_counted_as_other(engine: RunningEngine) -> None:
+    sql = engine.registry.find_adapter(embedded.SQL_ADAPTER)
+    assert sql is not None
+    path = str(engine.registry.adapter_path(sql[1]))
+    before = Counts(engine)
+    r = httpx.post(f"{engine.url}/v1/load_lora_adapter", json={"lora_name": "stranger", "lora_path": path}, timeout=60)
+    assert r.status_code == 200, r.text
+    try:
+        steps = complete(engine, "stranger", 6)
+    finally:
+        httpx.post(f"{engine.url}/v1/unload_lora_adapter", json={"lora_name": "stranger"}, timeout=60)
+    after = Counts(engine)
+    diff = after - before
+    assert diff["disk_loads"]["other"] == 1  # the runtime load read it from disk into a slot ...
+    assert diff["slot_hits"]["other"] == steps  # ... so every step of the request found it there
+    assert "stranger" not in after.text

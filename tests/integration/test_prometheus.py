@@ -1,0 +1,221 @@
+"""A real Prometheus (Debian's ``prometheus``, started here on loopback) scrapes a live engine and its sidecar,
+evaluates deploy/prometheus/rules/*, and after a traffic run every recording rule and every Grafana panel's query
+returns data, with values that match what the test sent.
+
+The stack is this module's own: an engine with the tenant middleware (``security.auth`` on, a key per tenant), so the
+per-tenant panels have data, and a sidecar (its reconciler, an onboarding operation).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from openai import OpenAI
+
+from tenantserve import embedded
+from tenantserve.demo import free_port
+from tenantserve.keys import issue_key
+from tenantserve.registry import Registry
+from tests.conftest import ROOT
+from tests.integration.engines import RunningEngine, copy_registry, start_engine
+from tests.sidecar.serving import TOKEN, SidecarThread
+
+DEPLOY = ROOT / "deploy"
+RULE_FILES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tenantserve.json"
+
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus package")
+
+
+@dataclass
+class Stack:
+    engine: RunningEngine
+    sidecar: SidecarThread
+    keys: dict[str, str]
+    prometheus: str
+
+    def query(self, expr: str) -> list[dict]:
+        r = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()["data"]["result"]
+
+    def client(self, tenant: str) -> OpenAI:
+        return self.engine.openai(api_key=self.keys[tenant])
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s: {what}")
+        time.sleep(0.5)
+
+
+def prometheus_config(engine: RunningEngine, sidecar: SidecarThread) -> dict:
+    """deploy/prometheus/prometheus.yml with this test's targets and a 1 s cadence."""
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(p) for p in RULE_FILES]
+    targets = {"tenantserve-engine": engine.url, "tenantserve-sidecar": sidecar.url}
+    for job in config["scrape_configs"]:
+        job["static_configs"][0]["targets"] = [targets[job["job_name"]].removeprefix("http://")]
+        job["static_configs"][0]["labels"] = {"engine": "test"}
+    return config
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("prometheus")
+    path = copy_registry(tmp / "adapters.yaml")
+    reg = Registry.load(path, check_paths=False)
+    reg.security.auth = True
+    keys = {t.id: issue_key(t) for t in reg.tenants}
+    reg.save(path)
+    engine = start_engine(path, tmp / "engine.log", extra_env={"TENANTSERVE_ADMIN_TOKEN": TOKEN})
+    sidecar = SidecarThread(path, engine.url, reconcile=True, reconcile_interval=2.0)
+    prom: subprocess.Popen[bytes] | None = None
+    try:
+        sidecar.start()
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(engine, sidecar)))
+        port = free_port()
+        with (tmp / "prometheus.log").open("wb") as log:
+            prom = subprocess.Popen(
+                ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--web.listen-address=127.0.0.1:{port}",
+                 f"--storage.tsdb.path={tmp / 'tsdb'}"], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(url), 60, "prometheus ready")
+        yield Stack(engine, sidecar, keys, url)
+    finally:
+        if prom is not None:
+            prom.terminate()
+            try:
+                prom.wait(20)
+            except subprocess.TimeoutExpired:
+                prom.kill()
+        sidecar.stop()
+        engine.stop()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def traffic(stack: Stack) -> dict[str, int]:
+    """Each tenant on its adapter; two hold both slots with long streams while the third's three requests wait.
+    Returns the requests sent per tenant."""
+    reg = stack.engine.registry
+    owner = {a.name: t.id for t, a in reg.adapters()}
+    a, b, c = owner  # sql (acme), pirate (globex), french (initech)
+    sent = dict.fromkeys(owner.values(), 0)
+    started = {a: threading.Event(), b: threading.Event()}
+
+    def long_stream(name: str) -> None:
+        stream = stack.client(owner[name]).completions.create(
+            model=name, prompt=embedded.SQL_PROMPT, max_tokens=160, temperature=0, stream=True,
+            extra_body={"ignore_eos": True})
+        for _ in stream:
+            started[name].set()
+
+    def short(name: str) -> None:
+        stack.client(owner[name]).completions.create(model=name, prompt=embedded.SQL_PROMPT, max_tokens=4,
+                                                     temperature=0)
+
+    with ThreadPoolExecutor(5) as pool:
+        holders = [pool.submit(long_stream, n) for n in (a, b)]
+        assert all(started[n].wait(60) for n in (a, b))
+        waiters = [pool.submit(short, c) for _ in range(3)]
+        for f in holders + waiters:
+            f.result(timeout=300)
+    sent[owner[a]] += 1
+    sent[owner[b]] += 1
+    sent[owner[c]] += 3  # initech's max_in_flight is the default 32: all three go through
+    for name in (a, a, b, c):  # sequential requests: slot fills, CPU-cache copies, evictions
+        short(name)
+        sent[owner[name]] += 1
+    return sent
+
+
+def rule_exprs() -> dict[str, str]:
+    return {r["record"]: r["expr"] for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]
+            for r in g["rules"] if "record" in r}
+
+
+def panel_queries() -> dict[str, str]:
+    """Every dashboard target, with Grafana's variables as Grafana would send them for 'All engines'."""
+    dash = json.loads(DASHBOARD.read_text())
+    out = {}
+    for panel in dash["panels"]:
+        for t in panel.get("targets", []):
+            expr = t["expr"].replace("$__rate_interval", "1m").replace("$engine", ".*")
+            assert "$" not in expr, expr
+            out[f"{panel['title']} [{t['refId']}]"] = expr
+    return out
+
+
+def test_rules_pass_promtool() -> None:
+    out = subprocess.run(["promtool", "check", "rules", *map(str, RULE_FILES)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run(["promtool", "test", "rules", "tests/rules_test.yml"], capture_output=True, text=True,
+                         cwd=DEPLOY / "prometheus")
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run(["promtool", "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_rule_and_panel_has_data_that_matches_the_traffic(stack: Stack) -> None:
+    sent = traffic(stack)
+    with stack.sidecar.client() as admin:  # one onboarding operation
+        assert admin.post("/admin/tenants", json={"id": "prom-probe"}).status_code == 201
+
+    queries = {**{f"rule {k}": k for k in rule_exprs()}, **{f"panel {k}": v for k, v in panel_queries().items()}}
+
+    def empty() -> list[str]:
+        return [name for name, expr in queries.items() if not stack.query(expr)]
+
+    missing: list[str] = []
+
+    def all_have_data() -> bool:
+        missing[:] = empty()
+        return not missing
+
+    try:
+        wait_for(all_have_data, 90, "every recording rule and panel query to return data")
+    except AssertionError:
+        pytest.fail(f"no data for: {missing}")
+
+    reg = stack.engine.registry
+    french, = (a.name for t, a in reg.adapters() if t.id == "initech")
+
+    def value(expr: str) -> dict[str, float]:
+        return {r["metric"].get("adapter") or r["metric"].get("tenant", ""): float(r["value"][1])
+                for r in stack.query(expr)}
+
+    def settled() -> bool:
+        deferred = value('sum by (adapter) (tenantserve_lora_deferred_requests_total{engine="test"})')
+        return deferred.get(french) == 3 and value(
+            'sum by (tenant) (tenantserve_requests_total{engine="test"})') == {k: float(v) for k, v in sent.items()}
+
+    wait_for(settled, 30, "Prometheus to show the defers and requests the test sent")
+    deferred = value('sum by (adapter) (tenantserve_lora_deferred_requests_total{engine="test"})')
+    assert {k: v for k, v in deferred.items() if v} == {french: 3.0}
+    # the hit rate Prometheus records is hits / (hits + misses) as the engine counted them
+    engine_text = httpx.get(f"{stack.engine.url}/metrics", timeout=10).text
+    assert re.search(r"tenantserve_lora_slot_misses_total\{adapter=\"%s\"\} [1-9]" % french, engine_text)
+    rate = value('engine_adapter:tenantserve_lora_slot_hit_rate:ratio_rate5m{engine="test"}')
+    assert 0 < rate[french] < 1
