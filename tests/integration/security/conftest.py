@@ -3,11 +3,12 @@
 Registry: the default one (absolute paths) with ``security.auth`` on; acme owns ``sql`` and may use the base,
 globex owns ``pirate`` and may not, initech owns ``french`` with at most 1 request in flight. The engine binds
 0.0.0.0 so that tests can also reach it from this machine's non-loopback address (192.0.2.x here): admin routes and
-/metrics must behave differently there.
+/metrics must behave differently there. ``TENANTSERVE_TEST_REGISTRY`` swaps the source registry (another model).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import pytest
 
 from tenantserve.keys import issue_key
 from tenantserve.registry import Registry
+from tests.conftest import DEFAULT_REGISTRY
 from tests.integration.engines import RunningEngine, copy_registry, start_engine
 
 ADMIN_TOKEN = "tsadmin-" + "integration-test-admin-token"
@@ -77,7 +79,7 @@ def wait_until(cond: Callable[[], bool], timeout: float, tick: float = 0.1) -> f
 @pytest.fixture(scope="session")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEngine]:
     tmp = tmp_path_factory.mktemp("secured")
-    path = copy_registry(tmp / "adapters.yaml")
+    path = copy_registry(tmp / "adapters.yaml", Path(os.environ.get("TENANTSERVE_TEST_REGISTRY", DEFAULT_REGISTRY)))
     reg = Registry.load(path, check_paths=False)
     reg.security.auth = True
     reg.tenant("globex").allow_base = False

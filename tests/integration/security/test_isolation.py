@@ -33,13 +33,19 @@ def test_crossing_answers_exactly_like_an_unknown_model(secured: SecuredEngine, 
     with pytest.raises(openai.NotFoundError) as crossed:
         _complete(secured, secured.keys[tenant], model)
     # What vLLM itself answers for a model that does not exist (the admin token passes the ACL):
-    with pytest.raises(openai.NotFoundError) as unknown:
+    with pytest.raises(openai.NotFoundError) as vllm_own:
         _complete(secured, ADMIN_TOKEN, "no-such-model")
-    ours, theirs = crossed.value.response.json()["error"], unknown.value.response.json()["error"]
-    assert crossed.value.status_code == unknown.value.status_code == 404
-    assert set(ours) == set(theirs)
+    # What the same tenant gets for a name that exists nowhere:
+    with pytest.raises(openai.NotFoundError) as unknown:
+        _complete(secured, secured.keys[tenant], "no-such-model")
+    ours = crossed.value.response.json()["error"]
+    theirs = vllm_own.value.response.json()["error"]
+    assert crossed.value.status_code == vllm_own.value.status_code == 404
     assert {k: v for k, v in ours.items() if k != "message"} == {k: v for k, v in theirs.items() if k != "message"}
-    assert ours["message"].replace(model, "X") == theirs["message"].replace("no-such-model", "X")
+    assert theirs["message"].startswith(ours["message"].replace(model, "no-such-model"))
+    # vLLM appends "Valid aliases: <base>"; tenants never see that variant, and what they do see is identical:
+    assert crossed.value.response.content.replace(model.encode(), b"X") == \
+        unknown.value.response.content.replace(b"no-such-model", b"X")
 
 
 def test_models_lists_exactly_what_the_caller_may_use(secured: SecuredEngine) -> None:
@@ -67,9 +73,6 @@ def test_streaming_with_auth(secured: SecuredEngine) -> None:
         model="sql", prompt=embedded.SQL_PROMPT, max_tokens=24, temperature=0, stream=True)
     text = "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
     assert text.strip() == embedded.SQL_ON_SQL
-    chat = _oa(secured, secured.keys["acme"]).chat.completions.create(
-        model="sql", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True)
-    assert list(chat)
     with pytest.raises(openai.NotFoundError):
         _oa(secured, secured.keys["globex"]).completions.create(model="sql", prompt="x", max_tokens=4, stream=True)
     with pytest.raises(openai.AuthenticationError):
