@@ -29,7 +29,8 @@ def world(tmp_path: Path) -> Path:
     registry = {"base": {"name": "tiny", "path": "base"}, "engine": {"max_loras": 2},
                 "tenants": [{"id": "acme", "adapters": [{"name": "sql", "path": "adapters/sql"}]},
                             {"id": "globex", "adapters": [{"name": "chat", "path": "adapters/chat"}]}]}
-    (tmp_path / "adapters.yaml").write_text(yaml.safe_dump(registry, sort_keys=False))
+    text = yaml.safe_dump(registry, sort_keys=False).replace("base:\n", "# the registry\nbase:  # our base\n", 1)
+    (tmp_path / "adapters.yaml").write_text(text)
     return tmp_path
 
 
@@ -41,8 +42,12 @@ def test_fingerprint_json_and_pin_then_check_passes(world: Path) -> None:
     assert weights["sha256"] == hashlib.sha256((world / "base" / "model.safetensors").read_bytes()).hexdigest()
     res = _cli("fingerprint", "base", "--pin", "--registry", "adapters.yaml", cwd=world)
     assert res.returncode == 0, res.stderr
-    pinned = yaml.safe_load((world / "adapters.yaml").read_text())["base"]
+    text = (world / "adapters.yaml").read_text()
+    pinned = yaml.safe_load(text)["base"]
     assert pinned["fingerprint"] == out["fingerprint"] and pinned["files"]["model.safetensors"] == weights["sha256"]
+    assert "# the registry\nbase:  # our base\n" in text  # only the base section was edited
+    assert _cli("fingerprint", "--pin", "--registry", "adapters.yaml", cwd=world).returncode == 0
+    assert (world / "adapters.yaml").read_text() == text  # re-pinning an unchanged base changes nothing
     res = _cli("check", "--registry", "adapters.yaml", cwd=world)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "base: match" in res.stdout and "2/2 adapters admitted" in res.stdout

@@ -135,3 +135,34 @@ def verify_base(
 
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def pin_registry_text(text: str, fp: Fingerprint) -> str | None:
+    """The registry text with ``base.fingerprint`` / ``base.files`` set, comments and layout kept. Pure.
+
+    Returns None when the base section is not a plain block mapping (the caller then rewrites the whole file).
+    """
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if re.match(r"^base:\s*(#.*)?$", ln)), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^[^\s#]", lines[i])), len(lines))
+    body = lines[start + 1 : end]
+    indent = next((m.group(1) for ln in body if (m := re.match(r"^(\s+)[A-Za-z_]", ln))), "  ")
+    kept, skipping = [], False
+    for ln in body:
+        if re.match(rf"^{indent}(fingerprint|files):", ln):
+            skipping = True
+            continue
+        if skipping and (ln.startswith(indent + " ") or not ln.strip()):
+            continue
+        skipping = False
+        kept.append(ln)
+    blank_after = bool(kept) and not kept[-1].strip()
+    while kept and not kept[-1].strip():
+        kept.pop()
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"
+    pin = [f"{indent}fingerprint: {fp.value}   # pinned by `tenantserve fingerprint --pin`\n", f"{indent}files:\n"]
+    pin += [f"{indent}  {name}: {digest}\n" for name, digest in fp.manifest().items()]
+    return "".join(lines[: start + 1] + kept + pin + (["\n"] if blank_after else []) + lines[end:])

@@ -10,10 +10,11 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from tenantserve.errors import FingerprintError
+from tenantserve.basemodel import pin_registry_text
+from tenantserve.errors import FingerprintError, TenantserveError
 from tenantserve.fingerprint import Fingerprint, fingerprint, model_files
 from tenantserve.fpcache import FingerprintCache
-from tenantserve.registry import Registry
+from tenantserve.registry import Registry, atomic_write_text
 
 
 @click.command("fingerprint")
@@ -40,9 +41,7 @@ def command(path: Path | None, as_json: bool, pin: bool, registry_path: Path | N
     fp = _run(path, cache, workers, show_progress=not as_json)
     seconds = time.perf_counter() - started
     if pin:
-        registry.base.fingerprint = fp.value  # type: ignore[union-attr]
-        registry.base.files = fp.manifest()  # type: ignore[union-attr]
-        registry.save(registry.source)  # type: ignore[union-attr,arg-type]
+        _pin(registry, fp)  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps(_as_dict(fp, seconds, pinned=pin), indent=2))
         return
@@ -54,6 +53,24 @@ def command(path: Path | None, as_json: bool, pin: bool, registry_path: Path | N
                f"{fp.files_cached} from cache; {seconds:.3f} s" + (f" ({rate:,.0f} MB/s)" if rate else ""), err=True)
     if pin:
         click.echo(f"pinned in {registry.source}", err=True)  # type: ignore[union-attr]
+
+
+def _pin(registry: Registry, fp: Fingerprint) -> None:
+    """Edit only the base section (comments kept) when the result still validates; else rewrite the file."""
+    source = registry.source
+    assert source is not None
+    text = pin_registry_text(source.read_text(encoding="utf-8"), fp)
+    if text is not None:
+        try:
+            edited = Registry.parse(text, source=str(source), root=source.parent)
+        except TenantserveError:
+            edited = None
+        if edited is not None and edited.base.fingerprint == fp.value and edited.base.files == fp.manifest():
+            atomic_write_text(source, text)
+            return
+    registry.base.fingerprint = fp.value
+    registry.base.files = fp.manifest()
+    registry.save(source)
 
 
 def _registry(path: Path | None) -> Registry:
