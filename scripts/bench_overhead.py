@@ -5,7 +5,7 @@ middleware loaded and a tenant key used). Rounds alternate between them (A B, th
 shared machine hits both alike. Reported: p50 latency at concurrency 1 and throughput at concurrency 16, and the
 ratios with/without (goal: overhead <= 3%).
 
-    .venv/bin/python scripts/bench_overhead.py [--rounds 6] [--c1-requests 20] [--c16-requests 64] [--max-tokens 16]
+    .venv/bin/python scripts/bench_overhead.py [--rounds 6] [--c1-requests 20] [--c16-requests 64] [--max-tokens 16] [--registry PATH]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from tenantserve.keys import issue_key  # noqa: E402
 from tenantserve.registry import Registry  # noqa: E402
+from tests.conftest import DEFAULT_REGISTRY  # noqa: E402
 from tests.integration.engines import RunningEngine, copy_registry, start_engine  # noqa: E402
 
 ADMIN = "bench-admin-token"
@@ -39,6 +40,8 @@ class Side:
     latencies: list[float] = field(default_factory=list)
     c16_requests: int = 0
     c16_seconds: float = 0.0
+    round_p50: list[float] = field(default_factory=list)  # per round: p50 at c=1 (s)
+    round_thr: list[float] = field(default_factory=list)  # per round: req/s at c=16
 
 
 async def _one(client: httpx.AsyncClient, side: Side, max_tokens: int) -> float:
@@ -52,8 +55,9 @@ async def _one(client: httpx.AsyncClient, side: Side, max_tokens: int) -> float:
 
 async def _round(side: Side, c1: int, c16: int, max_tokens: int) -> None:
     async with httpx.AsyncClient(timeout=120) as client:
-        for _ in range(c1):
-            side.latencies.append(await _one(client, side, max_tokens))
+        lat = [await _one(client, side, max_tokens) for _ in range(c1)]
+        side.latencies += lat
+        side.round_p50.append(statistics.median(lat))
         queue = list(range(c16))
 
         async def worker() -> None:
@@ -63,12 +67,14 @@ async def _round(side: Side, c1: int, c16: int, max_tokens: int) -> None:
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(16)))
-        side.c16_seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        side.c16_seconds += elapsed
         side.c16_requests += c16
+        side.round_thr.append(c16 / elapsed)
 
 
-def _start(tmp: Path, auth: bool) -> tuple[RunningEngine, str]:
-    path = copy_registry(tmp / f"{'with' if auth else 'without'}.yaml")
+def _start(tmp: Path, auth: bool, source: Path) -> tuple[RunningEngine, str]:
+    path = copy_registry(tmp / f"{'with' if auth else 'without'}.yaml", source)
     reg = Registry.load(path, check_paths=False)
     reg.security.auth = auth
     key = issue_key(reg.tenant("acme")) if auth else "none"
@@ -124,6 +130,7 @@ def main() -> None:
     ap.add_argument("--c1-requests", type=int, default=20)
     ap.add_argument("--c16-requests", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="source registry (default: the demo's)")
     ap.add_argument("--micro-only", action="store_true", help="only the in-process per-request cost (no engine)")
     args = ap.parse_args()
     bare, mw = micro()
@@ -136,11 +143,13 @@ def main() -> None:
     try:
         for name, auth in (("without", False), ("with", True)):
             print(f"starting engine {name} middleware ...", file=sys.stderr, flush=True)
-            engine, key = _start(tmp, auth)
+            engine, key = _start(tmp, auth, args.registry)
             sides.append(Side(name, engine, key))
         for side in sides:  # warm-up: adapter load, first-request costs
             asyncio.run(_round(side, 3, 16, args.max_tokens))
             side.latencies.clear()
+            side.round_p50.clear()
+            side.round_thr.clear()
             side.c16_requests, side.c16_seconds = 0, 0.0
         for r in range(args.rounds):
             for side in sides if r % 2 == 0 else reversed(sides):
@@ -163,6 +172,10 @@ def _report(sides: list[Side], args: argparse.Namespace) -> None:
           f"{p50['with'] / p50['without']:>10.3f}")
     print(f"{'throughput c=16 (req/s)':24}{thr['without']:>12.2f}{thr['with']:>12.2f}"
           f"{thr['with'] / thr['without']:>10.3f}")
+    lat_r = [w / o for w, o in zip(with_.round_p50, without.round_p50)]
+    thr_r = [w / o for w, o in zip(with_.round_thr, without.round_thr)]
+    print(f"per-round ratios, median [min..max]: p50 {statistics.median(lat_r):.3f} [{min(lat_r):.3f}..{max(lat_r):.3f}]"
+          f", throughput {statistics.median(thr_r):.3f} [{min(thr_r):.3f}..{max(thr_r):.3f}]")
     print(f"samples: c=1 {len(without.latencies)} / {len(with_.latencies)} requests; "
           f"c=16 {without.c16_requests} / {with_.c16_requests} requests")
 
