@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from tenantserve import embedded  # noqa: E402
 from tenantserve.demo import free_port  # noqa: E402
 from tenantserve.engine.process import EngineProcess  # noqa: E402
+from tenantserve.fingerprint import fingerprint  # noqa: E402
 from tenantserve.launcher import plan_launch  # noqa: E402
 from tenantserve.registry import AdapterSpec, Registry  # noqa: E402
 from tests.integration.engines import copy_registry  # noqa: E402
@@ -77,9 +78,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--adapters", type=int, default=20, help="adapters onboarded at runtime (latency sample)")
     ap.add_argument("--registered", type=int, default=50, help="adapters registered for the recovery measurement")
+    ap.add_argument("--registry", type=Path, default=ROOT / "configs" / "adapters.yaml", help="registry to start from")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-onboarding-"))
-    registry_path = copy_registry(tmp / "adapters.yaml")
+    registry_path = copy_registry(tmp / "adapters.yaml", args.registry)
+    base_fp = fingerprint(Registry.load(registry_path).base_path).value
     source = Registry.load(registry_path).adapter_path(Registry.load(registry_path).find_adapter("sql")[1])
     for i in range(max(args.adapters, args.registered) + 1):
         shutil.copytree(source, tmp / "adapters" / f"a{i:02d}")
@@ -106,7 +109,8 @@ def main() -> None:
         for i in range(args.adapters):
             start = time.perf_counter()
             resp = adm.post("/admin/tenants/bench/adapters", json={"name": f"a{i:02d}",
-                                                                   "path": str(tmp / "adapters" / f"a{i:02d}")})
+                                                                   "path": str(tmp / "adapters" / f"a{i:02d}"),
+                                                                   "base_fingerprint": base_fp})
             runtime.append(time.perf_counter() - start)
             assert resp.status_code == 201, resp.text
         assert complete(eng, f"a{args.adapters - 1:02d}").strip().startswith("SELECT")
@@ -114,7 +118,8 @@ def main() -> None:
         # 2. restart-based onboarding of one more adapter
         extra = f"a{args.adapters:02d}"
         reg = Registry.load(registry_path)
-        reg.tenant("bench").adapters.append(AdapterSpec(name=extra, path=tmp / "adapters" / extra))
+        reg.tenant("bench").adapters.append(AdapterSpec(name=extra, path=tmp / "adapters" / extra,
+                                                           base_fingerprint=base_fp))
         restart_plan = plan_launch(reg, port=port)
         start = time.monotonic()
         engine.stop()
@@ -133,7 +138,8 @@ def main() -> None:
         i = args.adapters
         while have < args.registered:
             resp = adm.post("/admin/tenants/bench/adapters", json={"name": f"a{i:02d}",
-                                                                   "path": str(tmp / "adapters" / f"a{i:02d}")})
+                                                                   "path": str(tmp / "adapters" / f"a{i:02d}"),
+                                                                   "base_fingerprint": base_fp})
             assert resp.status_code in (200, 201), resp.text
             have = len(Registry.load(registry_path).adapters())
             i += 1

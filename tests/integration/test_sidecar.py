@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tenantserve import embedded
+from tenantserve.fingerprint import fingerprint
 from tenantserve.registry import Registry
 from tests.conftest import EMBEDDED
 from tests.integration.engines import RunningEngine, copy_registry, start_engine
@@ -31,6 +32,11 @@ class Stack:
     engine: RunningEngine
     sidecar: SidecarThread
     adapters: Path
+    base_fingerprint: str
+
+    def body(self, name: str, path: Path | str, **extra: object) -> dict:
+        """An onboarding request that declares the base the adapter was trained on (the embedded base)."""
+        return {"name": name, "path": str(path), "base_fingerprint": self.base_fingerprint, **extra}
 
     def adapter_copy(self, name: str, *, source: str = "sql", **config: object) -> Path:
         """A fresh directory with the embedded adapter's files (optionally with a changed adapter_config.json)."""
@@ -74,7 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         sidecar.start()
         (tmp / "adapters").mkdir()
-        yield Stack(engine, sidecar, tmp / "adapters")
+        yield Stack(engine, sidecar, tmp / "adapters", fingerprint(engine.registry.base_path).value)
     finally:
         sidecar.stop()
         engine.stop()
@@ -85,11 +91,11 @@ def test_onboard_at_runtime_and_serve_through_openai(stack: Stack) -> None:
     path = stack.adapter_copy("hooli-sql")
     with stack.sidecar.client() as c:
         assert c.post("/admin/tenants", json={"id": "hooli"}).status_code == 201
-        resp = c.post("/admin/tenants/hooli/adapters", json={"name": "hooli-sql@v1", "path": str(path)})
+        resp = c.post("/admin/tenants/hooli/adapters", json=stack.body("hooli-sql@v1", path))
         assert resp.status_code == 201, resp.text
         body = resp.json()
         assert body["state"] == "loaded" and body["warmup_seconds"] > 0 and body["load_seconds"] > 0
-        again = c.post("/admin/tenants/hooli/adapters", json={"name": "hooli-sql@v1", "path": str(path)})
+        again = c.post("/admin/tenants/hooli/adapters", json=stack.body("hooli-sql@v1", path))
         assert again.status_code == 200  # idempotent repeat
     assert stack.complete("hooli-sql@v1") == embedded.SQL_ON_SQL
     assert stack.engine.process.pid == pid and stack.engine.process.running()  # no restart
@@ -103,11 +109,11 @@ def test_bad_onboarding_requests_get_their_4xx_and_change_nothing(stack: Stack, 
     big = stack.adapter_copy("too-big", r=16)
     no_targets = stack.adapter_copy("no-targets", target_modules=["no_such_proj"])
     cases = [
-        ({"name": "big", "path": str(big)}, 400, "rank_too_high"),
-        ({"name": "ghost", "path": str(tmp_path / "nope")}, 400, "path_missing"),
-        ({"name": "notarget", "path": str(no_targets)}, 400, None),
-        ({"name": "sql", "path": str(stack.adapter_copy("hooli-sql"))}, 409, "adapter_exists"),
-        ({"name": "hooli-sql@v1", "path": str(big)}, 409, "adapter_exists"),
+        (stack.body("big", big), 400, "rank_too_high"),
+        (stack.body("ghost", tmp_path / "nope"), 400, "path_missing"),
+        (stack.body("notarget", no_targets), 400, None),
+        (stack.body("sql", stack.adapter_copy("hooli-sql")), 409, "adapter_exists"),
+        (stack.body("hooli-sql@v1", big), 409, "adapter_exists"),
         ({"name": "x", "path": str(big), "extra": 1}, 422, "malformed_request"),
         ({"path": str(big)}, 422, "malformed_request"),
     ]
@@ -142,7 +148,7 @@ def test_versioned_swap_and_offboard_while_streaming(stack: Stack) -> None:
     assert first.wait(60)
     with stack.sidecar.client() as c:
         v2 = c.post("/admin/tenants/hooli/adapters",
-                    json={"name": "hooli-sql@v2", "path": str(stack.adapter_copy("hooli-sql-v2"))})
+                    json=stack.body("hooli-sql@v2", stack.adapter_copy("hooli-sql-v2")))
         assert v2.status_code == 201, v2.text
         in_flight_at_delete = not finished
         gone = c.delete("/admin/tenants/hooli/adapters/hooli-sql@v1")
@@ -161,7 +167,8 @@ def test_hand_edited_registry_converges(stack: Stack) -> None:
     path = stack.engine.registry_path
     data = yaml.safe_load(path.read_text())
     acme = next(t for t in data["tenants"] if t["id"] == "acme")
-    acme["adapters"].append({"name": "edited", "path": str(stack.adapter_copy("edited", source="pirate"))})
+    acme["adapters"].append({"name": "edited", "path": str(stack.adapter_copy("edited", source="pirate")),
+                             "base_fingerprint": stack.base_fingerprint})
     data["tenants"] = [t for t in data["tenants"] if t["id"] != "globex"]  # drops 'pirate'
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     wait_for(lambda: "edited" in stack.served() and "pirate" not in stack.served(), 20, "the engine to converge")
@@ -174,7 +181,8 @@ def test_failed_adapter_is_retried_with_backoff_until_it_loads(stack: Stack) -> 
     path = stack.engine.registry_path
     later = stack.adapters / "arrives-later"
     data = yaml.safe_load(path.read_text())
-    data["tenants"][0]["adapters"].append({"name": "later", "path": str(later)})
+    data["tenants"][0]["adapters"].append({"name": "later", "path": str(later),
+                                           "base_fingerprint": stack.base_fingerprint})
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     with stack.sidecar.client() as c:
         def status() -> dict:
@@ -197,7 +205,7 @@ def test_engine_kill9_and_restart_brings_every_adapter_back(stack: Stack) -> Non
     stack.engine.process.kill()
     with stack.sidecar.client() as c:
         resp = c.post("/admin/tenants/hooli/adapters",
-                      json={"name": "while-down", "path": str(stack.adapter_copy("while-down"))})
+                      json=stack.body("while-down", stack.adapter_copy("while-down")))
         assert resp.status_code == 502 and resp.json()["error"]["code"] == "engine_error"
     assert "while-down" not in stack.registered()
     stack.engine.process.start()

@@ -14,6 +14,8 @@ import httpx
 
 from tenantserve import embedded
 from tenantserve.demo import free_port
+from tenantserve.fingerprint import fingerprint
+from tenantserve.registry import Registry
 from tests.conftest import EMBEDDED
 from tests.integration.engines import copy_registry
 
@@ -44,7 +46,9 @@ def test_up_serves_onboards_with_one_command_and_ctrl_c_stops_both(tmp_path: Pat
             time.sleep(0.5)
         adapter = tmp_path / "initech-sql"
         shutil.copytree(EMBEDDED / "adapters" / "sql", adapter)
-        add = subprocess.run([*cli, "adapters", "add", "--url", admin, "initech", "initech-sql", str(adapter)],
+        base_fp = fingerprint(Registry.load(registry).base_path).value
+        add = subprocess.run([*cli, "adapters", "add", "--url", admin, "initech", "initech-sql", str(adapter),
+                              "--base-fingerprint", base_fp],
                              env=env, capture_output=True, text=True, timeout=300)
         assert add.returncode == 0, add.stderr
         assert "initech-sql (tenant initech): loaded" in add.stdout

@@ -20,6 +20,7 @@ class AdapterCreate(_Body):
     name: str = Field(pattern=NAME_PATTERN, description="OpenAI model name, e.g. `acme-sql@v2`.")
     path: str = Field(min_length=1, description="Adapter directory; relative paths are relative to the registry file.")
     base_fingerprint: str | None = Field(default=None, description="Fingerprint of the base it was trained on.")
+    allow_unverified_base: bool = Field(default=False, description="Serve it although it declares no base.")
 
 
 class AdapterView(BaseModel):

@@ -108,7 +108,8 @@ class AdminService:
         async with self._operation("onboard_adapter") as outcome, self.store.lock(f"adapter:{body.name}"):
             registry = await self._registry()
             self._tenant(registry, tenant_id)
-            spec = AdapterSpec(name=body.name, path=Path(body.path), base_fingerprint=body.base_fingerprint)
+            spec = AdapterSpec(name=body.name, path=Path(body.path), base_fingerprint=body.base_fingerprint,
+                               allow_unverified_base=body.allow_unverified_base)
             path = str(registry.adapter_path(spec))
             if body.name == registry.base.name:
                 raise Conflict(f"'{body.name}' is the base model's name", code="adapter_exists")
