@@ -52,7 +52,8 @@ def fake_vllm(gate: threading.Event | None = None) -> FastAPI:
                     yield f"data: {word}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(chunks(), media_type="text/event-stream")
-        return {"model": body.get("model"), "choices": [{"text": "ok"}]}
+        return {"model": body.get("model"), "cache_salt": body.get("cache_salt"), "choices": [{"text": "ok"}],
+                "content_length": request.headers.get("content-length"), "body_length": len(await request.body())}
 
     @app.post("/v1/load_lora_adapter")
     async def load() -> JSONResponse:

@@ -170,3 +170,22 @@ def test_admin_reaches_any_model_vllm_serves(world: World) -> None:
     assert resp.status_code == 200 and resp.json()["model"] == "loaded-at-runtime"
     assert world.metrics.get_sample_value("tenantserve_requests_total",
                                           {"tenant": "admin", "model": "other", "status": "200"}) == 1
+
+
+def test_prefix_cache_is_salted_per_tenant_whatever_the_client_sends(world: World) -> None:
+    c = world.make()
+    own = _complete(c, world.keys["acme"], "sql").json()
+    assert own["cache_salt"] == "tenant-acme"
+    assert own["content_length"] == str(own["body_length"])  # the rewritten body's length
+    probe = _complete(c, world.keys["acme"], "sql", cache_salt="tenant-globex").json()
+    assert probe["cache_salt"] == "tenant-acme"
+    assert _complete(c, world.keys["globex"], "pirate").json()["cache_salt"] == "tenant-globex"
+
+
+def test_duplicate_model_keys_reach_the_app_as_the_checked_document(world: World) -> None:
+    c = world.make()
+    raw = '{"model": "pirate", "prompt": "x", "model": "sql"}'
+    resp = c.post("/v1/completions", content=raw, headers=bearer(world.keys["acme"]))
+    assert resp.status_code == 200 and resp.json()["model"] == "sql"
+    raw = '{"model": "sql", "prompt": "x", "model": "pirate"}'
+    assert c.post("/v1/completions", content=raw, headers=bearer(world.keys["acme"])).status_code == 404

@@ -27,6 +27,8 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 REGISTRY_ENV = "TENANTSERVE_REGISTRY"
+#: Generation routes that take vLLM's ``cache_salt``: the middleware sets it per tenant.
+SALTED_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses"})
 
 
 class TenantMiddleware:
@@ -63,7 +65,10 @@ class TenantMiddleware:
             caller = authorize(view, route, _token(scope), _client(scope))
             if route is Route.INFERENCE and caller is not None:
                 body = await _read_body(scope, receive, view.max_body_bytes)
-                model = view.check_model(caller, _model_of(body))
+                data = _json_object(body)
+                model = view.check_model(caller, data.get("model"))
+                if caller != ADMIN and scope["path"] in SALTED_ROUTES:
+                    body, scope = _salted(data, caller, scope)
                 receive = _replay(body, receive)
             self._acquire(view, caller)
         except AccessError as exc:
@@ -151,14 +156,25 @@ async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _model_of(body: bytes) -> object:
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadBody("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadBody("request body must be a JSON object")
-    return data.get("model")
+    return data
+
+
+def _salted(data: dict[str, Any], tenant: str, scope: Scope) -> tuple[bytes, Scope]:
+    """The body vLLM gets: ``cache_salt`` forced to the tenant's, so the prefix cache is never shared across
+    tenants (a cache hit's speed-up would tell one tenant what another sent). Re-serializing also means vLLM
+    parses exactly the document the ACL checked (no duplicate-key games)."""
+    data["cache_salt"] = f"tenant-{tenant}"
+    body = json.dumps(data).encode()
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    return body, {**scope, "headers": headers}
 
 
 def _replay(body: bytes, receive: Any) -> Any:
