@@ -34,9 +34,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from tenantserve.cli import adapters, check, demo, fingerprint, keys, launch, sidecar, stamp, tenants, up
+    from tenantserve.cli import (adapters, check, demo, fingerprint, keys, launch, sidecar, simulate, stamp, tenants,
+                                 up)
 
-    for module in (launch, demo, check, fingerprint, stamp, sidecar, up, tenants, adapters, keys):
+    for module in (launch, demo, check, fingerprint, stamp, sidecar, up, tenants, adapters, keys, simulate):
         main.add_command(module.command)
 
 
