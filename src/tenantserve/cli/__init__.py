@@ -34,10 +34,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from tenantserve.cli import (adapters, check, demo, fingerprint, keys, launch, sidecar, simulate, stamp, tenants,
+    from tenantserve.cli import (adapters, check, demo, fingerprint, keys, launch, plan, sidecar, simulate, stamp, tenants,
                                  up)
 
-    for module in (launch, demo, check, fingerprint, stamp, sidecar, up, tenants, adapters, keys, simulate):
+    for module in (launch, demo, check, fingerprint, stamp, sidecar, up, tenants, adapters, keys, simulate, plan):
         main.add_command(module.command)
 
 

@@ -1,0 +1,75 @@
+"""``tenantserve plan``: the memory bill and GPUs saved, for Llama-2-7B or for the registry's own base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tenantserve.adapters import AdapterConfig, bytes_on_disk
+from tenantserve.memory import GIB, LinearShapes, adapter_bytes, human_bytes, llama2_7b_shapes
+from tenantserve.plan import PlanInput, make_plan
+from tenantserve.registry import Registry
+
+LLAMA2_7B_BYTES = 6_738_415_616 * 2
+
+
+@click.command("plan")
+@click.option("--registry", "registry_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Plan for this registry's base and reconcile each adapter's formula bytes with its bytes on disk "
+                   "[default: the Llama-2-7B reference].")
+@click.option("--tenants", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--tenants-per-engine", type=click.IntRange(1), default=40, show_default=True,
+              help="Tenants one consolidated engine serves (set by throughput; see `tenantserve simulate`).")
+@click.option("--rank", type=click.IntRange(1, 512), default=16, show_default=True, help="Adapter rank.")
+@click.option("--max-loras", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--max-lora-rank", type=click.IntRange(1, 512), default=16, show_default=True)
+@click.option("--max-cpu-loras", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--gpu-gib", type=click.FloatRange(1, 1024), default=80, show_default=True, help="Memory of one GPU.")
+@click.option("--dtype-bytes", type=click.Choice(["1", "2", "4"]), default="2", show_default=True)
+def command(registry_path: Path | None, tenants: int, tenants_per_engine: int, rank: int, max_loras: int,
+            max_lora_rank: int, max_cpu_loras: int, gpu_gib: float, dtype_bytes: str) -> None:
+    """Price consolidation: adapter bytes, slot memory, host cache, and GPUs saved versus one deployment per tenant."""
+    console = Console(width=max(Console().width, 110))
+    if registry_path is None:
+        shapes, base_bytes, label = llama2_7b_shapes(), LLAMA2_7B_BYTES, "Llama-2-7B (fp16)"
+    else:
+        registry = Registry.load(registry_path)
+        shapes, base_bytes = LinearShapes.from_model_dir(registry.base_path), bytes_on_disk(registry.base_path)
+        label = registry.base.name
+        _reconcile(console, registry, shapes, base_bytes)
+    try:
+        plan = make_plan(PlanInput(
+            shapes=shapes, base_bytes=base_bytes, dtype_bytes=int(dtype_bytes), tenants=tenants, adapter_rank=rank,
+            max_loras=max_loras, max_lora_rank=max_lora_rank, max_cpu_loras=max_cpu_loras,
+            gpu_bytes=int(gpu_gib * GIB), tenants_per_engine=tenants_per_engine,
+        ))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    table = Table("line item", "value", title=f"{tenants} tenants on {label}, {gpu_gib:g} GiB GPUs")
+    table.add_row("base weights (one copy per engine)", human_bytes(base_bytes))
+    table.add_row(f"one adapter (r={rank}, q/k/v/o)", f"{human_bytes(plan.adapter_bytes)} "
+                  f"(1/{base_bytes / plan.adapter_bytes:.0f} of the base)")
+    table.add_row(f"slot reservation ({max_loras} x r={max_lora_rank}, all linear layers)", human_bytes(plan.slot_bytes))
+    table.add_row("host cache per engine (max_cpu_loras adapters)", human_bytes(plan.host_cache_bytes))
+    table.add_row("left for KV cache per engine", human_bytes(plan.kv_bytes_per_engine))
+    table.add_row("GPUs, dedicated (one deployment per tenant)", str(plan.dedicated_gpus))
+    table.add_row(f"GPUs, consolidated ({plan.consolidated_engines} engine(s))", str(plan.consolidated_gpus))
+    table.add_row("[bold]GPUs saved[/]", f"[bold]{plan.gpus_saved}[/]")
+    console.print(table)
+
+
+def _reconcile(console: Console, registry: Registry, shapes: LinearShapes, base_bytes: int) -> None:
+    """Formula bytes beside bytes on disk for every registered adapter: the two must agree to a few percent."""
+    from tenantserve.demo import safetensors_dtype_bytes
+
+    table = Table("adapter", "rank", "formula", "on disk", "disk/formula", title="registered adapters, reconciled")
+    for _, adapter in registry.adapters():
+        path = registry.adapter_path(adapter)
+        cfg = AdapterConfig.read(path, name=adapter.name)
+        formula = adapter_bytes(shapes, cfg.target_modules, cfg.rank, safetensors_dtype_bytes(path))
+        disk = bytes_on_disk(path)
+        table.add_row(adapter.name, str(cfg.rank), human_bytes(formula), human_bytes(disk), f"{disk / formula:.3f}")
+    console.print(table)
