@@ -1,17 +1,18 @@
 """What the tenant middleware costs: the same workload against vLLM without and with it, side by side in one run.
 
 Two engines start from the same registry (one with ``security.auth: false``, plain vLLM; one with it on, the
-middleware loaded and a tenant key used). Rounds alternate between them (A B, then B A, ...) so that drift on a
-shared machine hits both alike. Reported: p50 latency at concurrency 1 and throughput at concurrency 16, and the
+middleware loaded and a tenant key used). Requests alternate between them one by one (A B, then B A, ...), and the
+c=16 bursts likewise, so that the load of a shared machine hits both alike. Reported: p50 latency at concurrency 1 and throughput at concurrency 16, and the
 ratios with/without (goal: overhead <= 3%).
 
-    .venv/bin/python scripts/bench_overhead.py [--rounds 6] [--c1-requests 20] [--c16-requests 64] [--max-tokens 16] [--registry PATH]
+    .venv/bin/python scripts/bench_overhead.py [--pairs 200] [--bursts 40] [--max-tokens 16] [--registry PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -37,11 +38,42 @@ class Side:
     name: str
     engine: RunningEngine
     key: str
-    latencies: list[float] = field(default_factory=list)
-    c16_requests: int = 0
-    c16_seconds: float = 0.0
-    round_p50: list[float] = field(default_factory=list)  # per round: p50 at c=1 (s)
-    round_thr: list[float] = field(default_factory=list)  # per round: req/s at c=16
+    latencies: list[float] = field(default_factory=list)  # c=1, one per request
+    bursts: list[float] = field(default_factory=list)  # c=16, seconds per burst of 16 requests
+    api_cpu: float = 0.0  # CPU seconds the API server process (where the middleware runs) spent on c=1 requests
+    all_cpu: float = 0.0  # ... and the whole engine (API server, EngineCore, workers)
+
+    def cpu(self) -> tuple[float, float]:
+        pid = self.engine.process.pid
+        assert pid is not None
+        return _cpu_seconds([pid]), _cpu_seconds(_group(pid))
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime + stime from /proc: CPU time is what a loaded machine does not distort (wall time it does)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def _group(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 async def _one(client: httpx.AsyncClient, side: Side, max_tokens: int) -> float:
@@ -53,24 +85,22 @@ async def _one(client: httpx.AsyncClient, side: Side, max_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-async def _round(side: Side, c1: int, c16: int, max_tokens: int) -> None:
-    async with httpx.AsyncClient(timeout=120) as client:
-        lat = [await _one(client, side, max_tokens) for _ in range(c1)]
-        side.latencies += lat
-        side.round_p50.append(statistics.median(lat))
-        queue = list(range(c16))
-
-        async def worker() -> None:
-            while queue:
-                queue.pop()
-                await _one(client, side, max_tokens)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(16)))
-        elapsed = time.perf_counter() - start
-        side.c16_seconds += elapsed
-        side.c16_requests += c16
-        side.round_thr.append(c16 / elapsed)
+async def _interleaved(sides: list[Side], pairs: int, bursts: int, max_tokens: int) -> None:
+    """A then B, then B then A, ...: one request at a time (c=1), then bursts of 16 concurrent requests (c=16).
+    Interleaving at this grain makes the load of a shared machine fall on both sides alike."""
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
+        for i in range(pairs):
+            for side in sides if i % 2 == 0 else reversed(sides):
+                api0, all0 = side.cpu()
+                side.latencies.append(await _one(client, side, max_tokens))
+                api1, all1 = side.cpu()
+                side.api_cpu += api1 - api0
+                side.all_cpu += all1 - all0
+        for i in range(bursts):
+            for side in sides if i % 2 == 0 else reversed(sides):
+                start = time.perf_counter()
+                await asyncio.gather(*(_one(client, side, max_tokens) for _ in range(16)))
+                side.bursts.append(time.perf_counter() - start)
 
 
 def _start(tmp: Path, auth: bool, source: Path) -> tuple[RunningEngine, str]:
@@ -126,9 +156,8 @@ def micro(n: int = 20_000) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--c1-requests", type=int, default=20)
-    ap.add_argument("--c16-requests", type=int, default=64)
+    ap.add_argument("--pairs", type=int, default=200, help="interleaved request pairs at concurrency 1")
+    ap.add_argument("--bursts", type=int, default=40, help="interleaved pairs of 16-request bursts")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="source registry (default: the demo's)")
     ap.add_argument("--micro-only", action="store_true", help="only the in-process per-request cost (no engine)")
@@ -145,16 +174,12 @@ def main() -> None:
             print(f"starting engine {name} middleware ...", file=sys.stderr, flush=True)
             engine, key = _start(tmp, auth, args.registry)
             sides.append(Side(name, engine, key))
-        for side in sides:  # warm-up: adapter load, first-request costs
-            asyncio.run(_round(side, 3, 16, args.max_tokens))
+        asyncio.run(_interleaved(sides, 4, 2, args.max_tokens))  # warm-up: adapter load, first requests
+        for side in sides:
             side.latencies.clear()
-            side.round_p50.clear()
-            side.round_thr.clear()
-            side.c16_requests, side.c16_seconds = 0, 0.0
-        for r in range(args.rounds):
-            for side in sides if r % 2 == 0 else reversed(sides):
-                asyncio.run(_round(side, args.c1_requests, args.c16_requests, args.max_tokens))
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+            side.bursts.clear()
+            side.api_cpu = side.all_cpu = 0.0
+        asyncio.run(_interleaved(sides, args.pairs, args.bursts, args.max_tokens))
     finally:
         for side in sides:
             side.engine.stop()
@@ -164,20 +189,28 @@ def main() -> None:
 def _report(sides: list[Side], args: argparse.Namespace) -> None:
     without, with_ = sides
     p50 = {s.name: statistics.median(s.latencies) * 1000 for s in sides}
-    thr = {s.name: s.c16_requests / s.c16_seconds for s in sides}
-    print(f"workload: model sql, {args.max_tokens} tokens/request, {args.rounds} alternating rounds of "
-          f"{args.c1_requests} sequential + {args.c16_requests} at concurrency 16, per engine")
-    print(f"{'':24}{'without':>12}{'with':>12}{'ratio':>10}")
-    print(f"{'p50 latency c=1 (ms)':24}{p50['without']:>12.1f}{p50['with']:>12.1f}"
-          f"{p50['with'] / p50['without']:>10.3f}")
-    print(f"{'throughput c=16 (req/s)':24}{thr['without']:>12.2f}{thr['with']:>12.2f}"
-          f"{thr['with'] / thr['without']:>10.3f}")
-    lat_r = [w / o for w, o in zip(with_.round_p50, without.round_p50)]
-    thr_r = [w / o for w, o in zip(with_.round_thr, without.round_thr)]
-    print(f"per-round ratios, median [min..max]: p50 {statistics.median(lat_r):.3f} [{min(lat_r):.3f}..{max(lat_r):.3f}]"
-          f", throughput {statistics.median(thr_r):.3f} [{min(thr_r):.3f}..{max(thr_r):.3f}]")
-    print(f"samples: c=1 {len(without.latencies)} / {len(with_.latencies)} requests; "
-          f"c=16 {without.c16_requests} / {with_.c16_requests} requests")
+    thr = {s.name: 16 * len(s.bursts) / sum(s.bursts) for s in sides}
+    pair_r = [w / o for w, o in zip(with_.latencies, without.latencies)]
+    burst_r = [o / w for w, o in zip(with_.bursts, without.bursts)]
+    print(f"workload: model sql, {args.max_tokens} tokens/request; {args.pairs} interleaved request pairs at c=1, "
+          f"{args.bursts} interleaved pairs of 16-request bursts at c=16")
+    print(f"{'':28}{'without':>10}{'with':>10}{'ratio':>8}")
+    print(f"{'p50 latency c=1 (ms)':28}{p50['without']:>10.1f}{p50['with']:>10.1f}"
+          f"{p50['with'] / p50['without']:>8.3f}")
+    print(f"{'throughput c=16 (req/s)':28}{thr['without']:>10.2f}{thr['with']:>10.2f}"
+          f"{thr['with'] / thr['without']:>8.3f}")
+    api = {s.name: s.api_cpu / len(s.latencies) * 1000 for s in sides}
+    whole = {s.name: s.all_cpu / len(s.latencies) * 1000 for s in sides}
+    print(f"{'API server CPU/request (ms)':28}{api['without']:>10.2f}{api['with']:>10.2f}"
+          f"{api['with'] / api['without']:>8.3f}")
+    print(f"{'engine CPU/request c=1 (ms)':28}{whole['without']:>10.2f}{whole['with']:>10.2f}"
+          f"{whole['with'] / whole['without']:>8.3f}")
+    print(f"paired ratios, median [p25..p75]: latency c=1 {_spread(pair_r)}; throughput c=16 {_spread(burst_r)}")
+
+
+def _spread(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=4)
+    return f"{statistics.median(values):.3f} [{q[0]:.3f}..{q[2]:.3f}]"
 
 
 if __name__ == "__main__":
