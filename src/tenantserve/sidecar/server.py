@@ -17,5 +17,8 @@ def build_server(config: SidecarConfig, *, host: str, port: int, log_level: str 
 
 def run(config: SidecarConfig, *, host: str, port: int, log_level: str = "info") -> int:
     server = build_server(config, host=host, port=port, log_level=log_level)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        return 0
     return 0 if server.started else 1

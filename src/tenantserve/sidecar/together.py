@@ -36,6 +36,8 @@ def run_together(plan: LaunchPlan, config: SidecarConfig, *, engine_url: str, ho
     watcher.start()
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: the normal way to stop
+        pass
     finally:
         done.set()
         engine.stop()
