@@ -9,13 +9,12 @@ per-tenant panels have data, and a sidecar (its reconciler, an onboarding operat
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,9 @@ from tenantserve import embedded
 from tenantserve.demo import free_port
 from tenantserve.keys import issue_key
 from tenantserve.registry import Registry
-from tests.conftest import ROOT
+from tests.conftest import DEFAULT_REGISTRY, ROOT
 from tests.integration.engines import RunningEngine, copy_registry, start_engine
+from tests.integration.test_metrics_engine import HOLDERS, hold_two_slots_and_wait
 from tests.sidecar.serving import TOKEN, SidecarThread
 
 DEPLOY = ROOT / "deploy"
@@ -66,7 +66,7 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
 def prometheus_config(engine: RunningEngine, sidecar: SidecarThread) -> dict:
     """deploy/prometheus/prometheus.yml with this test's targets and a 1 s cadence."""
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["global"] = {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(p) for p in RULE_FILES]
     targets = {"tenantserve-engine": engine.url, "tenantserve-sidecar": sidecar.url}
     for job in config["scrape_configs"]:
@@ -78,7 +78,7 @@ def prometheus_config(engine: RunningEngine, sidecar: SidecarThread) -> dict:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus")
-    path = copy_registry(tmp / "adapters.yaml")
+    path = copy_registry(tmp / "adapters.yaml", Path(os.environ.get("TENANTSERVE_TEST_REGISTRY", DEFAULT_REGISTRY)))
     reg = Registry.load(path, check_paths=False)
     reg.security.auth = True
     keys = {t.id: issue_key(t) for t in reg.tenants}
@@ -96,7 +96,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                  f"--storage.tsdb.path={tmp / 'tsdb'}"], stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _ready(url), 60, "prometheus ready")
-        yield Stack(engine, sidecar, keys, url)
+        stack = Stack(engine, sidecar, keys, url)
+        # a baseline before any traffic: rates need a sample from before it (scrapes may time out during it)
+        wait_for(lambda: len(stack.query('count_over_time(tenantserve_lora_slot_hits_total[1m])')) > 0
+                 and len(stack.query('count_over_time(tenantserve_adapters[1m])')) > 0, 60, "first scrapes")
+        yield stack
     finally:
         if prom is not None:
             prom.terminate()
@@ -116,36 +120,18 @@ def _ready(url: str) -> bool:
 
 
 def traffic(stack: Stack) -> dict[str, int]:
-    """Each tenant on its adapter; two hold both slots with long streams while the third's three requests wait.
-    Returns the requests sent per tenant."""
-    reg = stack.engine.registry
-    owner = {a.name: t.id for t, a in reg.adapters()}
+    """Each tenant on its adapter: two hold both slots with long streams while the third's three requests wait,
+    then a few sequential requests (slot fills, CPU-cache copies, evictions). Returns requests sent per tenant."""
+    owner = {a.name: t.id for t, a in stack.engine.registry.adapters()}
     a, b, c = owner  # sql (acme), pirate (globex), french (initech)
+    clients = {name: stack.client(tenant) for name, tenant in owner.items()}
+    hold_two_slots_and_wait(stack.engine, (a, b), c, 3, client_for=clients)
     sent = dict.fromkeys(owner.values(), 0)
-    started = {a: threading.Event(), b: threading.Event()}
-
-    def long_stream(name: str) -> None:
-        stream = stack.client(owner[name]).completions.create(
-            model=name, prompt=embedded.SQL_PROMPT, max_tokens=160, temperature=0, stream=True,
-            extra_body={"ignore_eos": True})
-        for _ in stream:
-            started[name].set()
-
-    def short(name: str) -> None:
-        stack.client(owner[name]).completions.create(model=name, prompt=embedded.SQL_PROMPT, max_tokens=4,
-                                                     temperature=0)
-
-    with ThreadPoolExecutor(5) as pool:
-        holders = [pool.submit(long_stream, n) for n in (a, b)]
-        assert all(started[n].wait(60) for n in (a, b))
-        waiters = [pool.submit(short, c) for _ in range(3)]
-        for f in holders + waiters:
-            f.result(timeout=300)
-    sent[owner[a]] += 1
-    sent[owner[b]] += 1
-    sent[owner[c]] += 3  # initech's max_in_flight is the default 32: all three go through
-    for name in (a, a, b, c):  # sequential requests: slot fills, CPU-cache copies, evictions
-        short(name)
+    sent[owner[a]] += HOLDERS
+    sent[owner[b]] += HOLDERS
+    sent[owner[c]] += 3
+    for name in (a, a, b, c):
+        clients[name].completions.create(model=name, prompt=embedded.SQL_PROMPT, max_tokens=4, temperature=0)
         sent[owner[name]] += 1
     return sent
 
@@ -197,7 +183,9 @@ def test_every_rule_and_panel_has_data_that_matches_the_traffic(stack: Stack) ->
     try:
         wait_for(all_have_data, 90, "every recording rule and panel query to return data")
     except AssertionError:
-        pytest.fail(f"no data for: {missing}")
+        probes = {q: stack.query(q) for q in ("up", "rate(tenantserve_lora_slot_hits_total[5m])",
+                                               "rate(tenantserve_lora_slot_misses_total[5m])")}
+        pytest.fail(f"no data for: {missing}; {json.dumps(probes)[:3000]}")
 
     reg = stack.engine.registry
     french, = (a.name for t, a in reg.adapters() if t.id == "initech")
@@ -206,12 +194,19 @@ def test_every_rule_and_panel_has_data_that_matches_the_traffic(stack: Stack) ->
         return {r["metric"].get("adapter") or r["metric"].get("tenant", ""): float(r["value"][1])
                 for r in stack.query(expr)}
 
-    def settled() -> bool:
-        deferred = value('sum by (adapter) (tenantserve_lora_deferred_requests_total{engine="test"})')
-        return deferred.get(french) == 3 and value(
-            'sum by (tenant) (tenantserve_requests_total{engine="test"})') == {k: float(v) for k, v in sent.items()}
+    seen: dict[str, object] = {}
 
-    wait_for(settled, 30, "Prometheus to show the defers and requests the test sent")
+    def settled() -> bool:
+        seen["deferred"] = value('sum by (adapter) (tenantserve_lora_deferred_requests_total{engine="test"})')
+        requests = value('sum by (tenant) (tenantserve_requests_total{engine="test"})')
+        seen["requests"] = requests  # the sidecar's own calls (admin token) are counted too: compare our tenants
+        return seen["deferred"].get(french) == 3 and {t: requests.get(t) for t in sent} == {  # type: ignore[union-attr]
+            t: float(n) for t, n in sent.items()}
+
+    try:
+        wait_for(settled, 30, "Prometheus to show the defers and requests the test sent")
+    except AssertionError:
+        pytest.fail(f"sent {sent}, Prometheus shows {seen}")
     deferred = value('sum by (adapter) (tenantserve_lora_deferred_requests_total{engine="test"})')
     assert {k: v for k, v in deferred.items() if v} == {french: 3.0}
     # the hit rate Prometheus records is hits / (hits + misses) as the engine counted them
