@@ -189,3 +189,19 @@ def test_duplicate_model_keys_reach_the_app_as_the_checked_document(world: World
     assert resp.status_code == 200 and resp.json()["model"] == "sql"
     raw = '{"model": "sql", "prompt": "x", "model": "pirate"}'
     assert c.post("/v1/completions", content=raw, headers=bearer(world.keys["acme"])).status_code == 404
+
+
+def test_websockets_are_refused(world: World) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect):
+        with world.make().websocket_connect("/v1/realtime", headers=bearer(world.keys["acme"])) as ws:
+            ws.receive_text()
+
+
+def test_no_registry_fails_closed_with_503_but_health_answers(world: World) -> None:
+    world.path.unlink()
+    c = world.make()
+    _assert_openai_error(_complete(c, world.keys["acme"]), 503, "registry_unavailable")
+    _assert_openai_error(c.post("/adapters", json={}, headers=bearer(ADMIN_TOKEN)), 503, "registry_unavailable")
+    assert c.get("/health").status_code == 200

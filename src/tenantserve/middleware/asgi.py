@@ -58,6 +58,8 @@ class TenantMiddleware:
             return
         started = time.perf_counter()
         route = classify(scope["method"], scope["path"])
+        if route is Route.PUBLIC:  # health probes answer even without a registry
+            return await self.app(scope, receive, send)
         caller: str | None = None
         model: str | None = None
         try:
