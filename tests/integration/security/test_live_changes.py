@@ -51,3 +51,18 @@ def test_a_broken_registry_edit_keeps_the_last_good_one(secured: SecuredEngine) 
         assert _status(secured, "tsk-wrong") == 401
     finally:
         secured.registry_path.write_text(good)
+
+
+def test_the_keys_cli_reaches_the_running_engine_within_2s(secured: SecuredEngine) -> None:
+    from click.testing import CliRunner
+
+    from tenantserve.cli import main
+
+    args = ["--tenant", "initech", "--registry", str(secured.registry_path)]
+    created = CliRunner().invoke(main, ["keys", "create", *args])
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
+    wait_until(lambda: _status(secured, key, "french") == 200, timeout=2.0)
+    key_id = CliRunner().invoke(main, ["keys", "list", *args]).stdout.splitlines()[-1].split()[0]
+    assert CliRunner().invoke(main, ["keys", "revoke", *args, key_id]).exit_code == 0
+    wait_until(lambda: _status(secured, key, "french") == 401, timeout=2.0)
