@@ -103,13 +103,13 @@ async def _interleaved(sides: list[Side], pairs: int, bursts: int, max_tokens: i
                 side.bursts.append(time.perf_counter() - start)
 
 
-def _start(tmp: Path, auth: bool, source: Path) -> tuple[RunningEngine, str]:
-    path = copy_registry(tmp / f"{'with' if auth else 'without'}.yaml", source)
+def _start(tmp: Path, name: str, auth: bool, source: Path) -> tuple[RunningEngine, str]:
+    path = copy_registry(tmp / f"{name}.yaml", source)
     reg = Registry.load(path, check_paths=False)
     reg.security.auth = auth
     key = issue_key(reg.tenant("acme")) if auth else "none"
     reg.save(path)
-    engine = start_engine(path, tmp / f"engine-{'with' if auth else 'without'}.log",
+    engine = start_engine(path, tmp / f"engine-{name}.log",
                           extra_env={"TENANTSERVE_ADMIN_TOKEN": ADMIN})
     return engine, key
 
@@ -160,6 +160,8 @@ def main() -> None:
     ap.add_argument("--bursts", type=int, default=40, help="interleaved pairs of 16-request bursts")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="source registry (default: the demo's)")
+    ap.add_argument("--control", action="store_true",
+                    help="A/A control: both engines WITHOUT the middleware, to show the noise floor of the ratios")
     ap.add_argument("--micro-only", action="store_true", help="only the in-process per-request cost (no engine)")
     args = ap.parse_args()
     bare, mw = micro()
@@ -170,9 +172,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     sides: list[Side] = []
     try:
-        for name, auth in (("without", False), ("with", True)):
+        plan = (("without", False), ("with", not args.control))
+        for name, auth in plan:
             print(f"starting engine {name} middleware ...", file=sys.stderr, flush=True)
-            engine, key = _start(tmp, auth, args.registry)
+            engine, key = _start(tmp, name, auth, args.registry)
             sides.append(Side(name, engine, key))
         asyncio.run(_interleaved(sides, 4, 2, args.max_tokens))  # warm-up: adapter load, first requests
         for side in sides:
@@ -192,6 +195,8 @@ def _report(sides: list[Side], args: argparse.Namespace) -> None:
     thr = {s.name: 16 * len(s.bursts) / sum(s.bursts) for s in sides}
     pair_r = [w / o for w, o in zip(with_.latencies, without.latencies)]
     burst_r = [o / w for w, o in zip(with_.bursts, without.bursts)]
+    if args.control:
+        print("CONTROL RUN: both engines run WITHOUT the middleware; ratios show the noise floor")
     print(f"workload: model sql, {args.max_tokens} tokens/request; {args.pairs} interleaved request pairs at c=1, "
           f"{args.bursts} interleaved pairs of 16-request bursts at c=16")
     print(f"{'':28}{'without':>10}{'with':>10}{'ratio':>8}")
