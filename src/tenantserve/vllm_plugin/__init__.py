@@ -1,4 +1,5 @@
-"""tenantserve's vLLM general plugin: LoRA slot and defer metrics from inside the engine.
+"""tenantserve's vLLM general plugin: LoRA slot and defer metrics from inside the engine, and the fix for vLLM's
+CPU LoRA ops applying an adapter to base-model tokens in mixed batches (``cpu_lora_fix``).
 
 Registered as the ``tenantserve`` entry point of ``vllm.general_plugins``; vLLM calls ``register()`` in the API
 server, in EngineCore and in every worker. Nothing is imported or counted eagerly: the scheduler hook attaches
@@ -18,7 +19,7 @@ from types import ModuleType
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from tenantserve.metrics import MULTIPROC_ENV, EngineMetrics
-from tenantserve.vllm_plugin import defers, slots
+from tenantserve.vllm_plugin import cpu_lora_fix, defers, slots
 from tenantserve.vllm_plugin.labels import AdapterLabels
 from tenantserve.vllm_plugin.patching import is_wrapped, when_imported
 
@@ -64,6 +65,7 @@ class EnginePlugin:
             self.installed.append("worker")
 
     def hook(self) -> None:
+        when_imported(cpu_lora_fix.PUNICA_CPU_MODULE, cpu_lora_fix.install_everywhere)
         when_imported(SCHEDULER_MODULE, self.attach_scheduler)
         when_imported(WORKER_MANAGER_MODULE, self.attach_worker)
 
