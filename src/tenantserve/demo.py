@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from openai import AsyncOpenAI
 from rich.console import Console
 from rich.table import Table
@@ -22,7 +23,11 @@ from tenantserve.adapters import AdapterConfig, bytes_on_disk, weight_files
 from tenantserve.engine.process import EngineProcess
 from tenantserve.launcher import plan_launch
 from tenantserve.memory import DTYPE_BYTES, LinearShapes, adapter_bytes, human_bytes, llama2_7b_shapes
+from tenantserve.metrics import per_label
 from tenantserve.registry import Registry
+
+
+SLOT_COUNTERS = ("slot_hits", "slot_misses", "slot_evictions", "deferred_requests")
 
 
 @dataclass(frozen=True)
@@ -121,10 +126,26 @@ class Demo:
             )
             pairs = [(base, embedded.FRUIT_PROMPT), (sql, embedded.SQL_PROMPT)]
             pairs += [(name, embedded.FRUIT_PROMPT) for name in others]
+            before = await self._slot_counters()
             out = await complete_together(client, pairs)
+            after = await self._slot_counters()
             self._show(out, latency=True)
             self._expect(out[0], embedded.BASE_ON_FRUIT)
             self._expect(out[1], embedded.SQL_ON_SQL)
+            self._show_counters(before, after, [name for name, _ in pairs[1:]])
+
+    async def _slot_counters(self) -> dict[str, dict[str, float]]:
+        """The plugin's per-adapter counters from the engine's /metrics (README, Metrics)."""
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            text = (await http.get(f"http://127.0.0.1:{self.port}/metrics")).text
+        return {name: per_label(text, f"tenantserve_lora_{name}_total") for name in SLOT_COUNTERS}
+
+    def _show_counters(self, before: dict, after: dict, adapters: list[str]) -> None:
+        table = Table("adapter", *(name.replace("_", " ") for name in SLOT_COUNTERS),
+                      title="what the engine counted during that batch (tenantserve_lora_*_total)")
+        for adapter in adapters:
+            table.add_row(adapter, *(f"{after[n].get(adapter, 0) - before[n].get(adapter, 0):.0f}" for n in SLOT_COUNTERS))
+        self.console.print(table)
 
     def _memory(self) -> None:
         self._section("4. the memory bill: one shared base, a small delta per adapter")

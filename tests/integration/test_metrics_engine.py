@@ -82,33 +82,38 @@ def test_one_adapter_converges_to_a_hit_rate_near_one(engine: RunningEngine) -> 
     assert diff["defers"][name] == diff["deferred_requests"][name] == 0
 
 
-HOLD_TOKENS = 200  # long requests keep their adapter in a slot for 200 steps (max_model_len 256)
-HOLDERS = 6  # per adapter: a bigger batch makes each step slower, so the waiters surely arrive in time
+HOLD_TOKENS = 220  # long requests keep their adapter in a slot for 220 steps (max_model_len 256)
+HOLDERS = 4  # per adapter
 
 
 def hold_two_slots_and_wait(engine: RunningEngine, holders: tuple[str, str], waiter: str, waiting: int,
                             client_for: dict[str, object] | None = None) -> None:
-    """Long streams on two adapters fill both slots; once both produce tokens, ``waiting`` short requests for a
-    third adapter are sent: they can only run when one of the two is done."""
-    clients = client_for or {}
-    jobs = [(h, threading.Event()) for h in holders for _ in range(HOLDERS)]
+    """Long streams on two adapters fill both slots; while at least one stream of *each* is still in its first half
+    (so surely running for many more steps), ``waiting`` short requests for a third adapter are sent: they can only
+    run once one of the two adapters has no request left."""
+    clients = {name: (client_for or {}).get(name) or engine.openai() for name in (*holders, waiter)}
+    fresh = {h: 0 for h in holders}  # streams of each adapter that are running and not past half-way
+    lock = threading.Lock()
+    both_fresh = threading.Event()
 
-    def long_stream(name: str, started: threading.Event) -> None:
-        client = clients.get(name) or engine.openai()
-        stream = client.completions.create(model=name, prompt=embedded.SQL_PROMPT, max_tokens=HOLD_TOKENS,  # type: ignore[attr-defined]
-                                           temperature=0, stream=True, extra_body={"ignore_eos": True})
-        for _chunk in stream:  # the first chunk means: scheduled, in a slot
-            started.set()
-
-    waiter_client = clients.get(waiter) or engine.openai()
+    def long_stream(name: str) -> None:
+        stream = clients[name].completions.create(  # type: ignore[attr-defined]
+            model=name, prompt=embedded.SQL_PROMPT, max_tokens=HOLD_TOKENS, temperature=0, stream=True,
+            extra_body={"ignore_eos": True})
+        for n, _chunk in enumerate(stream, start=1):
+            if n in (1, HOLD_TOKENS // 2):
+                with lock:
+                    fresh[name] += 1 if n == 1 else -1
+                    if all(fresh.values()):
+                        both_fresh.set()
 
     def short() -> None:
-        waiter_client.completions.create(model=waiter, prompt=embedded.SQL_PROMPT, max_tokens=4,  # type: ignore[attr-defined]
-                                         temperature=0, extra_body={"ignore_eos": True})
+        clients[waiter].completions.create(model=waiter, prompt=embedded.SQL_PROMPT, max_tokens=4,  # type: ignore[attr-defined]
+                                           temperature=0, extra_body={"ignore_eos": True})
 
     with ThreadPoolExecutor(2 * HOLDERS + waiting) as pool:
-        running = [pool.submit(long_stream, h, started) for h, started in jobs]
-        assert all(started.wait(120) for _, started in jobs), "the long requests did not start"
+        running = [pool.submit(long_stream, h) for h in holders for _ in range(HOLDERS)]
+        assert both_fresh.wait(120), "the two adapters' long requests never ran at the same time"
         running += [pool.submit(short) for _ in range(waiting)]
         for f in running:
             f.result(timeout=300)
