@@ -89,8 +89,8 @@ HOLDERS = 4  # per adapter
 def hold_two_slots_and_wait(engine: RunningEngine, holders: tuple[str, str], waiter: str, waiting: int,
                             client_for: dict[str, object] | None = None) -> None:
     """Long streams on two adapters fill both slots; while at least one stream of *each* is still in its first half
-    (so surely running for many more steps), ``waiting`` short requests for a third adapter are sent: they can only
-    run once one of the two adapters has no request left."""
+    (so surely running for many more steps), one request with ``waiting`` short prompts for a third adapter is sent:
+    those can only run once one of the two adapters has no request left. Sends 2 x HOLDERS + 1 HTTP requests."""
     clients = {name: (client_for or {}).get(name) or engine.openai() for name in (*holders, waiter)}
     fresh = {h: 0 for h in holders}  # streams of each adapter that are running and not past half-way
     lock = threading.Lock()
@@ -107,14 +107,14 @@ def hold_two_slots_and_wait(engine: RunningEngine, holders: tuple[str, str], wai
                     if all(fresh.values()):
                         both_fresh.set()
 
-    def short() -> None:
-        clients[waiter].completions.create(model=waiter, prompt=embedded.SQL_PROMPT, max_tokens=4,  # type: ignore[attr-defined]
-                                           temperature=0, extra_body={"ignore_eos": True})
+    def waiters() -> None:  # one HTTP request, ``waiting`` prompts: they reach the scheduler in the same step
+        clients[waiter].completions.create(model=waiter, prompt=[embedded.SQL_PROMPT] * waiting,  # type: ignore[attr-defined]
+                                           max_tokens=4, temperature=0, extra_body={"ignore_eos": True})
 
-    with ThreadPoolExecutor(2 * HOLDERS + waiting) as pool:
+    with ThreadPoolExecutor(2 * HOLDERS + 1) as pool:
         running = [pool.submit(long_stream, h) for h in holders for _ in range(HOLDERS)]
         assert both_fresh.wait(120), "the two adapters' long requests never ran at the same time"
-        running += [pool.submit(short) for _ in range(waiting)]
+        running.append(pool.submit(waiters))
         for f in running:
             f.result(timeout=300)
 

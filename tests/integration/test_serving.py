@@ -59,8 +59,8 @@ def test_base_requests_in_mixed_batches_get_no_adapter(engine: RunningEngine) ->
 
 
 def test_every_adapter_behaves_differently_from_the_base(engine: RunningEngine) -> None:
-    base = _complete(engine, engine.registry.base.name, embedded.FRUIT_PROMPT).strip()
-    outs = {a.name: _complete(engine, a.name, embedded.FRUIT_PROMPT).strip() for _, a in engine.registry.adapters()}
+    base = _complete(engine, engine.registry.base.name, embedded.SQL_PROMPT).strip()
+    outs = {a.name: _complete(engine, a.name, embedded.SQL_PROMPT).strip() for _, a in engine.registry.adapters()}
     assert base not in outs.values()
     assert len(set(outs.values())) == len(outs), outs
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,15 +15,23 @@ def _long(secured: SecuredEngine, key: str, model: str) -> httpx.Response:
 
 
 def test_in_flight_limit_is_per_tenant(secured: SecuredEngine) -> None:
-    """initech may have 1 request in flight; acme's requests at the same time are not affected."""
-    jobs = [("initech", "french")] * 4 + [("acme", "sql")] * 2
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        results = list(pool.map(lambda j: (j[0], _long(secured, secured.keys[j[0]], j[1])), jobs))
-    initech = [r for t, r in results if t == "initech"]
-    limited = [r for r in initech if r.status_code == 429]
-    assert limited and any(r.status_code == 200 for r in initech)
+    """initech may have 1 request in flight: while its stream is open, its next requests get 429; acme's requests at
+    the same time are not affected; once the stream is done, initech is served again."""
+    body = {"model": "french", "prompt": "Bonjour", "max_tokens": 200, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    with secured.client(secured.keys["initech"], timeout=120) as held:
+        with held.stream("POST", "/v1/completions", json=body) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            next(line for line in lines if line.startswith("data:"))  # admitted and generating: in flight
+            limited = [_long(secured, secured.keys["initech"], "french") for _ in range(2)]
+            others = [_long(secured, secured.keys["acme"], "sql") for _ in range(2)]
+            for _ in lines:
+                pass
+    assert [r.status_code for r in limited] == [429, 429]
     assert all(r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "rate_limited" for r in limited)
-    assert all(r.status_code == 200 for t, r in results if t == "acme")
+    assert [r.status_code for r in others] == [200, 200]
+    assert _long(secured, secured.keys["initech"], "french").status_code == 200
 
 
 def test_tenant_metrics_in_vllm_metrics(secured: SecuredEngine) -> None:
