@@ -163,6 +163,9 @@ def main() -> None:
     ap.add_argument("--control", action="store_true",
                     help="A/A control: both engines WITHOUT the middleware, to show the noise floor of the ratios")
     ap.add_argument("--micro-only", action="store_true", help="only the in-process per-request cost (no engine)")
+    ap.add_argument("--mode", choices=["sequential", "interleaved"], default="sequential",
+                    help="sequential: one engine alive at a time, ABBA phases; interleaved: both alive at once, "
+                         "requests alternate (noisier on a 2-core machine)")
     args = ap.parse_args()
     bare, mw = micro()
     print(f"in-process, 100 tenants: bare app {bare:.1f} us/request, with middleware {mw:.1f} us/request "
@@ -170,6 +173,9 @@ def main() -> None:
     if args.micro_only:
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    if args.mode == "sequential":
+        _report(_sequential(tmp, args), args)
+        return
     sides: list[Side] = []
     try:
         plan = (("without", False), ("with", not args.control))
@@ -189,6 +195,31 @@ def main() -> None:
     _report(sides, args)
 
 
+def _sequential(tmp: Path, args: argparse.Namespace) -> list[Side]:
+    """ABBA phases with one engine alive at a time (two CPU engines alive at once compete for the same cores and
+    skew each other); each phase warms up, then runs half the pairs and bursts for its side."""
+    totals: dict[str, Side] = {}
+    order = (("without", False), ("with", not args.control), ("with", not args.control), ("without", False))
+    for i, (name, auth) in enumerate(order):
+        print(f"phase {i + 1}: engine {name} middleware ...", file=sys.stderr, flush=True)
+        engine, key = _start(tmp, f"{name}-{i}", auth, args.registry)
+        try:
+            side = Side(name, engine, key)
+            asyncio.run(_interleaved([side], 4, 2, args.max_tokens))  # warm-up
+            side.latencies.clear()
+            side.bursts.clear()
+            side.api_cpu = side.all_cpu = 0.0
+            asyncio.run(_interleaved([side], max(1, args.pairs // 2), max(1, args.bursts // 2), args.max_tokens))
+        finally:
+            engine.stop()
+        total = totals.setdefault(name, Side(name, engine, key))
+        total.latencies += side.latencies
+        total.bursts += side.bursts
+        total.api_cpu += side.api_cpu
+        total.all_cpu += side.all_cpu
+    return [totals["without"], totals["with"]]
+
+
 def _report(sides: list[Side], args: argparse.Namespace) -> None:
     without, with_ = sides
     p50 = {s.name: statistics.median(s.latencies) * 1000 for s in sides}
@@ -198,7 +229,7 @@ def _report(sides: list[Side], args: argparse.Namespace) -> None:
     if args.control:
         print("CONTROL RUN: both engines run WITHOUT the middleware; ratios show the noise floor")
     print(f"workload: model sql, {args.max_tokens} tokens/request; {args.pairs} interleaved request pairs at c=1, "
-          f"{args.bursts} interleaved pairs of 16-request bursts at c=16")
+          f"{args.bursts} interleaved pairs of 16-request bursts at c=16 ({args.mode})")
     print(f"{'':28}{'without':>10}{'with':>10}{'ratio':>8}")
     print(f"{'p50 latency c=1 (ms)':28}{p50['without']:>10.1f}{p50['with']:>10.1f}"
           f"{p50['with'] / p50['without']:>8.3f}")

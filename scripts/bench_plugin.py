@@ -107,27 +107,38 @@ def hook_cost(steps: int = 20000) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--registry", type=Path, default=Path("configs/adapters.yaml"))
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--requests", type=int, default=16)
-    p.add_argument("--tokens", type=int, default=64)
-    args = p.parse_args()
-    registry = Registry.load(args.registry)
-    models = [a.name for _, a in registry.adapters()] + [registry.base.name]
-    logs = Path(tempfile.mkdtemp(prefix="bench-plugin-"))
+def _check_plugin(e: EngineProcess, plugin: bool) -> None:
+    has = "tenantserve_lora_slot_hits_total" in httpx.get(f"{e.base_url}/metrics").text
+    assert has == plugin, f"plugin={plugin} but the engine's /metrics says {has}"
+
+
+def _sequential(registry: Registry, logs: Path, models: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
+    """ABBA phases, one engine alive at a time; each phase warms up, then runs half the rounds for its side."""
+    results: dict[str, list[float]] = {"with plugin": [], "without plugin": []}
+    for i, name in enumerate(("with plugin", "without plugin", "without plugin", "with plugin")):
+        e = start(registry, logs / f"{i}.log", plugin=name == "with plugin")
+        try:
+            e.wait_ready(600)
+            _check_plugin(e, name == "with plugin")
+            workload(e.base_url, models, args.requests, args.tokens)
+            for _ in range(max(1, args.rounds // 2)):
+                results[name].append(workload(e.base_url, models, args.requests, args.tokens))
+                print(f"phase {i + 1} ({name}): {results[name][-1]:7.1f} tok/s", flush=True)
+        finally:
+            e.stop()
+    return results
+
+
+def _interleaved(registry: Registry, logs: Path, models: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
     engines = {"with plugin": start(registry, logs / "with.log", plugin=True),
                "without plugin": start(registry, logs / "without.log", plugin=False)}
+    results: dict[str, list[float]] = {k: [] for k in engines}
     try:
-        for e in engines.values():
+        for k, e in engines.items():
             e.wait_ready(600)
-        has = {k: "tenantserve_lora_slot_hits_total" in httpx.get(f"{e.base_url}/metrics").text
-               for k, e in engines.items()}
-        assert has == {"with plugin": True, "without plugin": False}, has
+            _check_plugin(e, k == "with plugin")
         for e in engines.values():  # warm-up: first loads, allocator, caches
             workload(e.base_url, models, args.requests, args.tokens)
-        results: dict[str, list[float]] = {k: [] for k in engines}
         names = list(engines)
         for r in range(args.rounds):
             for k in (names if r % 2 == 0 else names[::-1]):
@@ -136,10 +147,28 @@ def main() -> int:
     finally:
         for e in engines.values():
             e.stop()
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--registry", type=Path, default=Path("configs/adapters.yaml"))
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--mode", choices=["sequential", "interleaved"], default="sequential",
+                   help="sequential: one engine alive at a time, phases in ABBA order (two vLLM CPU engines alive at once "
+                        "compete for the same cores and skew each other); interleaved: both alive, rounds alternate")
+    args = p.parse_args()
+    registry = Registry.load(args.registry)
+    models = [a.name for _, a in registry.adapters()] + [registry.base.name]
+    logs = Path(tempfile.mkdtemp(prefix="bench-plugin-"))
+    run = _sequential if args.mode == "sequential" else _interleaved
+    results = run(registry, logs, models, args)
     med = {k: statistics.median(v) for k, v in results.items()}
     ratios = [w / wo for w, wo in zip(results["with plugin"], results["without plugin"])]
     print(f"\nworkload: {args.requests} concurrent requests x {args.tokens} tokens over {models} "
-          f"(max_loras={registry.engine.max_loras}), {args.rounds} rounds, ABBA order")
+          f"(max_loras={registry.engine.max_loras}), {args.rounds} rounds, ABBA order, {args.mode}")
     print(f"median throughput  with plugin: {med['with plugin']:.1f} tok/s   without: {med['without plugin']:.1f} tok/s")
     print(f"overhead (median of per-round ratios): {(1 - statistics.median(ratios)) * 100:+.2f}%  "
           f"(per-round ratios {min(ratios):.3f}..{max(ratios):.3f})")
