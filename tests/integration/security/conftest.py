@@ -2,14 +2,15 @@
 
 Registry: the default one (absolute paths) with ``security.auth`` on; acme owns ``sql`` and may use the base,
 globex owns ``pirate`` and may not, initech owns ``french`` with at most 1 request in flight. The engine binds
-0.0.0.0 so that tests can also reach it from this machine's non-loopback address (192.0.2.x here): admin routes and
-/metrics must behave differently there. ``TENANTSERVE_TEST_REGISTRY`` swaps the source registry (another model).
+on loopback only; "remote" clients are simulated with ``X-Forwarded-For`` from a documentation address (RFC 5737),
+which vLLM's uvicorn honours from a loopback peer (its ``proxy_headers`` default, as behind a same-host reverse
+proxy): admin routes and /metrics must behave differently for them. No packet leaves loopback.
+``TENANTSERVE_TEST_REGISTRY`` swaps the source registry (another model).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,22 +28,14 @@ ADMIN_TOKEN = "tsadmin-" + "integration-test-admin-token"
 METRICS_TOKEN = "tsmetrics-" + "integration-test-metrics-token"
 
 
-def non_loopback_address() -> str | None:
-    """This machine's address on its default route, if it has one (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.254", 9))
-            addr = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if addr.startswith("127.") else addr
+#: The address a simulated remote client claims (TEST-NET-2, never contacted).
+REMOTE_CLIENT = "198.51.100.7"
 
 
 @dataclass
 class SecuredEngine:
     engine: RunningEngine
     keys: dict[str, str]  # tenant id -> a live key
-    remote_url: str | None  # the same engine through a non-loopback address
 
     @property
     def url(self) -> str:
@@ -61,9 +54,9 @@ class SecuredEngine:
 
     def client(self, key: str | None, *, remote: bool = False, timeout: float = 60.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        base = self.remote_url if remote else self.url
-        assert base, "no non-loopback address on this machine"
-        return httpx.Client(base_url=base, headers=headers, timeout=timeout)
+        if remote:
+            headers["X-Forwarded-For"] = REMOTE_CLIENT
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, tick: float = 0.1) -> float:
@@ -90,10 +83,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEngine]
     prom_dir.mkdir()
     env = {"TENANTSERVE_ADMIN_TOKEN": ADMIN_TOKEN, "TENANTSERVE_METRICS_TOKEN": METRICS_TOKEN,
            "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}
-    running = start_engine(path, tmp / "engine.log", host="0.0.0.0", extra_env=env)
-    addr = non_loopback_address()
-    port = running.url.rsplit(":", 1)[1]
+    running = start_engine(path, tmp / "engine.log", extra_env=env)
     try:
-        yield SecuredEngine(running, keys, f"http://{addr}:{port}" if addr else None)
+        yield SecuredEngine(running, keys)
     finally:
         running.stop()

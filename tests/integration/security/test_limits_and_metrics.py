@@ -17,8 +17,10 @@ def _long(secured: SecuredEngine, key: str, model: str) -> httpx.Response:
 def test_in_flight_limit_is_per_tenant(secured: SecuredEngine) -> None:
     """initech may have 1 request in flight: while its stream is open, its next requests get 429; acme's requests at
     the same time are not affected; once the stream is done, initech is served again."""
-    body = {"model": "french", "prompt": "Bonjour", "max_tokens": 200, "temperature": 0, "stream": True,
-            "ignore_eos": True}
+    # ~600 KB of events (20 logprobs a token) that this client does not read: more than loopback's socket buffers,
+    # so the response cannot finish, and the request stays in flight, until the client reads it
+    body = {"model": "french", "prompt": "Bonjour", "max_tokens": 230, "temperature": 0, "stream": True,
+            "ignore_eos": True, "logprobs": 20}
     with secured.client(secured.keys["initech"], timeout=120) as held:
         with held.stream("POST", "/v1/completions", json=body) as stream:
             assert stream.status_code == 200
