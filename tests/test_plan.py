@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from tenantserve.cli.plan import LLAMA2_7B_BYTES, command
-from tenantserve.memory import GIB, MIB, LinearShapes, llama2_7b_shapes
+from tenantserve.cli.plan import command
+from tenantserve.memory import GIB, LLAMA2_7B_BYTES, MIB, LinearShapes, llama2_7b_shapes
 from tenantserve.plan import PlanInput, gpus_for_base, make_plan
 from tests.conftest import DEFAULT_REGISTRY
 

@@ -7,7 +7,6 @@ prints what happened and the memory line items, stops the engine, and reports wh
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from dataclasses import dataclass
@@ -19,10 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from tenantserve import embedded
-from tenantserve.adapters import AdapterConfig, bytes_on_disk, weight_files
+from tenantserve.adapters import bytes_on_disk
 from tenantserve.engine.process import EngineProcess
 from tenantserve.launcher import plan_launch
-from tenantserve.memory import DTYPE_BYTES, LinearShapes, adapter_bytes, human_bytes, llama2_7b_shapes
+from tenantserve.memory import (LLAMA2_7B_BYTES, LinearShapes, adapter_bills, adapter_bytes, human_bytes,
+                                llama2_7b_shapes)
 from tenantserve.metrics import per_label
 from tenantserve.registry import Registry
 
@@ -53,18 +53,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def safetensors_dtype_bytes(model_dir: Path) -> int:
-    """Bytes per element of the first tensor in the first safetensors file (header only, no weights read)."""
-    for path in weight_files(model_dir):
-        if path.suffix == ".safetensors":
-            with path.open("rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(size))
-            dtype = next(v["dtype"] for k, v in header.items() if k != "__metadata__")
-            return {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1}.get(dtype, 4)
-    return DTYPE_BYTES["float32"]
 
 
 class Demo:
@@ -154,17 +142,15 @@ class Demo:
         base_bytes = bytes_on_disk(base_dir)
         table = Table("item", "formula bytes", "on disk", "ratio to base")
         table.add_row(f"base {self.registry.base.name} (shared by ALL requests)", "", human_bytes(base_bytes), "1")
-        for _, adapter in self.registry.adapters():
-            path = self.registry.adapter_path(adapter)
-            cfg = AdapterConfig.read(path, name=adapter.name)
-            formula = adapter_bytes(shapes, cfg.target_modules, cfg.rank, safetensors_dtype_bytes(path))
-            disk = bytes_on_disk(path)
+        for bill in adapter_bills(self.registry, shapes):
+            cfg = bill.config
             table.add_row(
-                f"adapter {adapter.name} (r={cfg.rank}, {'/'.join(m.removesuffix('_proj') for m in cfg.target_modules)})",
-                human_bytes(formula), human_bytes(disk), f"1/{base_bytes / max(formula, 1):.0f}",
+                f"adapter {bill.name} (r={cfg.rank}, {'/'.join(m.removesuffix('_proj') for m in cfg.target_modules)})",
+                human_bytes(bill.formula_bytes), human_bytes(bill.disk_bytes),
+                f"1/{base_bytes / max(bill.formula_bytes, 1):.0f}",
             )
         ref = adapter_bytes(llama2_7b_shapes(), ("q_proj", "k_proj", "v_proj", "o_proj"), 16, 2)
-        ref_base = 6_738_415_616 * 2
+        ref_base = LLAMA2_7B_BYTES
         table.add_row("reference: Llama-2-7B base, fp16", "", human_bytes(ref_base), "1")
         table.add_row("reference: its rank-16 q/k/v/o adapter, fp16", human_bytes(ref), "", f"1/{ref_base / ref:.0f}")
         self.console.print(table)

@@ -9,10 +9,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tenantserve.adapters import AdapterConfig
+    from tenantserve.registry import Registry
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1}
 GIB = 1024**3
 MIB = 1024**2
+#: Llama-2-7B's 6,738,415,616 parameters in fp16: the lab's 12.55 GiB base.
+LLAMA2_7B_BYTES = 6_738_415_616 * 2
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,32 @@ def llama2_7b_shapes() -> LinearShapes:
     return LinearShapes.from_config(
         {"hidden_size": 4096, "num_attention_heads": 32, "intermediate_size": 11008, "num_hidden_layers": 32}
     )
+
+
+@dataclass(frozen=True)
+class AdapterBill:
+    """One registered adapter: its bytes by the formula beside its bytes on disk (they must agree to a few %)."""
+
+    name: str
+    config: AdapterConfig
+    formula_bytes: int
+    disk_bytes: int
+
+
+def adapter_bills(registry: Registry, shapes: LinearShapes) -> list[AdapterBill]:
+    """The formula (dtype from each adapter's safetensors header) and the bytes on disk, for every adapter."""
+    from tenantserve.adapters import AdapterConfig, bytes_on_disk, weight_files
+    from tenantserve.weights import dtype_bytes
+
+    bills = []
+    for _, adapter in registry.adapters():
+        path = registry.adapter_path(adapter)
+        cfg = AdapterConfig.read(path, name=adapter.name)
+        safetensors = [f for f in weight_files(path) if f.suffix == ".safetensors"]
+        width = dtype_bytes(safetensors[0], label=f"adapter '{adapter.name}'") if safetensors else 4
+        formula = adapter_bytes(shapes, cfg.target_modules, cfg.rank, width)
+        bills.append(AdapterBill(adapter.name, cfg, formula, bytes_on_disk(path)))
+    return bills
 
 
 def human_bytes(n: float) -> str:

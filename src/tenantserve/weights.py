@@ -83,6 +83,13 @@ def read_headers(
     return tensors
 
 
+def dtype_bytes(path: Path, *, label: str) -> int:
+    """Bytes per element of a safetensors file's first tensor (header only); 4 when it holds no tensor."""
+    tensors = read_header(path, label=label)
+    first = next(iter(tensors.values()), None)
+    return _DTYPE_BYTES[first.dtype] if first else 4
+
+
 def _truncated(error: type[TenantserveError], label: str, path: Path, detail: str) -> TenantserveError:
     return error(f"{label}: {path.name} is truncated ({detail}); copy it again", code="weights_truncated")
 

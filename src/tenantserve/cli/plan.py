@@ -8,13 +8,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tenantserve.adapters import AdapterConfig, bytes_on_disk
-from tenantserve.memory import GIB, LinearShapes, adapter_bytes, human_bytes, llama2_7b_shapes
+from tenantserve.adapters import bytes_on_disk
+from tenantserve.memory import GIB, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, human_bytes, llama2_7b_shapes
 from tenantserve.plan import PlanInput, make_plan
 from tenantserve.registry import Registry
-
-LLAMA2_7B_BYTES = 6_738_415_616 * 2
-
 
 @click.command("plan")
 @click.option("--registry", "registry_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -39,7 +36,7 @@ def command(registry_path: Path | None, tenants: int, tenants_per_engine: int, r
         registry = Registry.load(registry_path)
         shapes, base_bytes = LinearShapes.from_model_dir(registry.base_path), bytes_on_disk(registry.base_path)
         label = registry.base.name
-        _reconcile(console, registry, shapes, base_bytes)
+        _reconcile(console, registry, shapes)
     try:
         plan = make_plan(PlanInput(
             shapes=shapes, base_bytes=base_bytes, dtype_bytes=int(dtype_bytes), tenants=tenants, adapter_rank=rank,
@@ -61,15 +58,10 @@ def command(registry_path: Path | None, tenants: int, tenants_per_engine: int, r
     console.print(table)
 
 
-def _reconcile(console: Console, registry: Registry, shapes: LinearShapes, base_bytes: int) -> None:
+def _reconcile(console: Console, registry: Registry, shapes: LinearShapes) -> None:
     """Formula bytes beside bytes on disk for every registered adapter: the two must agree to a few percent."""
-    from tenantserve.demo import safetensors_dtype_bytes
-
     table = Table("adapter", "rank", "formula", "on disk", "disk/formula", title="registered adapters, reconciled")
-    for _, adapter in registry.adapters():
-        path = registry.adapter_path(adapter)
-        cfg = AdapterConfig.read(path, name=adapter.name)
-        formula = adapter_bytes(shapes, cfg.target_modules, cfg.rank, safetensors_dtype_bytes(path))
-        disk = bytes_on_disk(path)
-        table.add_row(adapter.name, str(cfg.rank), human_bytes(formula), human_bytes(disk), f"{disk / formula:.3f}")
+    for bill in adapter_bills(registry, shapes):
+        table.add_row(bill.name, str(bill.config.rank), human_bytes(bill.formula_bytes), human_bytes(bill.disk_bytes),
+                      f"{bill.disk_bytes / bill.formula_bytes:.3f}")
     console.print(table)
