@@ -6,6 +6,8 @@ on a free port with its log under the test's temp dir, and waits until ``/health
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from openai import OpenAI
 
 from tenantserve.demo import free_port
 from tenantserve.engine.process import EngineProcess
+from tenantserve.keys import issue_key
 from tenantserve.launcher import plan_launch
 from tenantserve.registry import Registry
 from tests.conftest import DEFAULT_REGISTRY
@@ -45,6 +48,19 @@ def copy_registry(dest: Path, source: Path = DEFAULT_REGISTRY, **engine: object)
         setattr(reg.engine, key, value)
     reg.save(dest)
     return dest
+
+
+def copy_secured_registry(dest: Path, adjust: Callable[[Registry], object] | None = None) -> tuple[Path, dict[str, str]]:
+    """The test source registry (``TENANTSERVE_TEST_REGISTRY``, else the default) with tenant auth on, optionally
+    adjusted, and one fresh key per tenant: returns the file and ``{tenant id: key}``."""
+    path = copy_registry(dest, Path(os.environ.get("TENANTSERVE_TEST_REGISTRY", DEFAULT_REGISTRY)))
+    reg = Registry.load(path, check_paths=False)
+    reg.security.auth = True
+    if adjust is not None:
+        adjust(reg)
+    keys = {t.id: issue_key(t) for t in reg.tenants}
+    reg.save(path)
+    return path, keys
 
 
 def start_engine(registry_path: Path, log_path: Path, *, timeout: float = 420.0,

@@ -10,7 +10,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from tenantserve import embedded
 from tenantserve.metrics import per_label

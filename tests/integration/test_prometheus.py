@@ -9,14 +9,12 @@ per-tenant panels have data, and a sidecar (its reconciler, an onboarding operat
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,10 +23,8 @@ from openai import OpenAI
 
 from tenantserve import embedded
 from tenantserve.demo import free_port
-from tenantserve.keys import issue_key
-from tenantserve.registry import Registry
-from tests.conftest import DEFAULT_REGISTRY, ROOT
-from tests.integration.engines import RunningEngine, copy_registry, start_engine
+from tests.conftest import ROOT
+from tests.integration.engines import RunningEngine, copy_secured_registry, start_engine
 from tests.integration.test_metrics_engine import HOLDERS, hold_two_slots_and_wait
 from tests.sidecar.serving import TOKEN, SidecarThread
 
@@ -78,11 +74,7 @@ def prometheus_config(engine: RunningEngine, sidecar: SidecarThread) -> dict:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus")
-    path = copy_registry(tmp / "adapters.yaml", Path(os.environ.get("TENANTSERVE_TEST_REGISTRY", DEFAULT_REGISTRY)))
-    reg = Registry.load(path, check_paths=False)
-    reg.security.auth = True
-    keys = {t.id: issue_key(t) for t in reg.tenants}
-    reg.save(path)
+    path, keys = copy_secured_registry(tmp / "adapters.yaml")
     engine = start_engine(path, tmp / "engine.log", extra_env={"TENANTSERVE_ADMIN_TOKEN": TOKEN})
     sidecar = SidecarThread(path, engine.url, reconcile=True, reconcile_interval=2.0)
     prom: subprocess.Popen[bytes] | None = None

@@ -10,7 +10,6 @@ proxy): admin routes and /metrics must behave differently for them. No packet le
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,10 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tenantserve.keys import issue_key
 from tenantserve.registry import Registry
-from tests.conftest import DEFAULT_REGISTRY
-from tests.integration.engines import RunningEngine, copy_registry, start_engine
+from tests.integration.engines import RunningEngine, copy_secured_registry, start_engine
 
 ADMIN_TOKEN = "tsadmin-" + "integration-test-admin-token"
 METRICS_TOKEN = "tsmetrics-" + "integration-test-metrics-token"
@@ -72,13 +69,12 @@ def wait_until(cond: Callable[[], bool], timeout: float, tick: float = 0.1) -> f
 @pytest.fixture(scope="session")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEngine]:
     tmp = tmp_path_factory.mktemp("secured")
-    path = copy_registry(tmp / "adapters.yaml", Path(os.environ.get("TENANTSERVE_TEST_REGISTRY", DEFAULT_REGISTRY)))
-    reg = Registry.load(path, check_paths=False)
-    reg.security.auth = True
-    reg.tenant("globex").allow_base = False
-    reg.tenant("initech").max_in_flight = 1
-    keys = {t.id: issue_key(t) for t in reg.tenants}
-    reg.save(path)
+
+    def adjust(reg: Registry) -> None:
+        reg.tenant("globex").allow_base = False  # type: ignore[union-attr]
+        reg.tenant("initech").max_in_flight = 1  # type: ignore[union-attr]
+
+    path, keys = copy_secured_registry(tmp / "adapters.yaml", adjust)
     prom_dir = tmp / "prometheus"
     prom_dir.mkdir()
     env = {"TENANTSERVE_ADMIN_TOKEN": ADMIN_TOKEN, "TENANTSERVE_METRICS_TOKEN": METRICS_TOKEN,
