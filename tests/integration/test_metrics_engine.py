@@ -131,7 +131,10 @@ def test_third_adapter_waits_while_two_others_hold_the_slots(engine: RunningEngi
     both = min(diff["slot_hits"][n] + diff["slot_misses"][n] for n in (a, b))
     assert 1 <= diff["defers"][c] <= both, diff
     assert diff["slot_misses"][c] == 1, diff  # c's three requests entered together, into one freed slot
-    assert sum(diff["slot_evictions"].values()) == 1, diff  # c took the slot of whichever finished first
+    # c took the slot of whichever finished first, and nothing else moved: without the plugin's slot_order, c could
+    # push out the holder still running, which then pushed out the other and was copied back (seen in CI)
+    assert diff["slot_misses"][a] == diff["slot_misses"][b] == 0, diff
+    assert sum(diff["slot_evictions"].values()) == 1, diff
 
 
 def test_base_requests_count_nothing(engine: RunningEngine) -> None:

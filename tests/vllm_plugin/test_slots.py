@@ -123,3 +123,55 @@ def test_warmup_dummies_and_unknown_names(counted: tuple[CollectorRegistry, type
     assert samples == []
     assert value(registry, "slot_misses", "other") == 1
     assert value(registry, "slot_evictions", "other") == 1 and value(registry, "slot_evictions", "a") == 0
+
+
+def test_a_new_adapter_never_evicts_one_the_same_step_needs(counted: tuple[CollectorRegistry, type]) -> None:
+    """vLLM iterates the step's adapters in set (hash) order; given the worst order, the step {b, c} after {b, a}
+    must still evict only a. Without ``slot_order`` c evicts b, b evicts a and is copied back: two evictions."""
+    from tenantserve.vllm_plugin import slot_order
+
+    registry, Worker = counted
+    assert slot_order.install(Worker) and not slot_order.install(Worker)
+    worker = make_worker(max_loras=2, max_cpu_loras=4)
+    worker.__class__ = Worker
+    a, b, c = req("a", 1), req("b", 2), req("c", 3)
+    for step in ([b, a], [c, b]):  # lists: the adversarial iteration order, fixed
+        worker._apply_adapters(step)
+    assert [value(registry, "slot_evictions", n) for n in "abc"] == [1, 0, 0]
+    assert [value(registry, "slot_misses", n) for n in "abc"] == [1, 1, 1]  # the first fills, then c's entry
+    assert set(worker._adapter_manager._active_adapters.cache) == {2, 3}
+
+
+def test_without_the_order_fix_vllm_thrashes(counted: tuple[CollectorRegistry, type]) -> None:
+    """The same steps on vLLM's own order (documents the upstream behaviour the fix exists for)."""
+    registry, Worker = counted
+    worker = make_worker(max_loras=2, max_cpu_loras=4)
+    worker.__class__ = Worker
+    a, b, c = req("a", 1), req("b", 2), req("c", 3)
+    for step in ([b, a], [c, b]):
+        worker._apply_adapters(step)
+    assert [value(registry, "slot_evictions", n) for n in "abc"] == [1, 1, 0]
+    assert value(registry, "slot_misses", "b") == 2 and value(registry, "cpu_cache_hits", "b") == 1
+
+
+def test_a_disk_load_never_drops_a_cached_adapter_the_step_needs(counted: tuple[CollectorRegistry, type]) -> None:
+    """CPU cache of 2 (= slots): a step {b, c} with c on disk must drop a from the CPU cache, not b."""
+    from tenantserve.vllm_plugin import slot_order
+
+    registry, Worker = counted
+    slot_order.install(Worker)
+    worker = make_worker(max_loras=2, max_cpu_loras=2)
+    worker.__class__ = Worker
+    a, b, c = req("a", 1), req("b", 2), req("c", 3)
+    for step in ([b, a], [c, b]):
+        worker._apply_adapters(step)
+    assert set(worker._adapter_manager._registered_adapters.cache) == {2, 3}
+    assert [value(registry, "disk_loads", n) for n in "abc"] == [1, 1, 1]
+
+
+def test_activation_order_pure() -> None:
+    from tenantserve.vllm_plugin.slot_order import activation_order
+
+    a, b, c, d = req("a", 1), req("b", 2), req("c", 3), req("d", 4)
+    reload = LoRARequest(lora_name="e", lora_int_id=5, lora_path="/adapters/e", load_inplace=True)
+    assert activation_order([d, reload, c, None, b, a], in_slot={1, 5}, cached={1, 2, 5}) == [a, b, d, reload, c]

@@ -1,5 +1,6 @@
-"""tenantserve's vLLM general plugin: LoRA slot and defer metrics from inside the engine, and the fix for vLLM's
-CPU LoRA ops applying an adapter to base-model tokens in mixed batches (``cpu_lora_fix``).
+"""tenantserve's vLLM general plugin: LoRA slot and defer metrics from inside the engine, and two fixes: vLLM's
+CPU LoRA ops applying an adapter to base-model tokens in mixed batches (``cpu_lora_fix``), and a step evicting an
+adapter from its slot that the same step needs (``slot_order``).
 
 Registered as the ``tenantserve`` entry point of ``vllm.general_plugins``; vLLM calls ``register()`` in the API
 server, in EngineCore and in every worker. Nothing is imported or counted eagerly: the scheduler hook attaches
@@ -19,7 +20,7 @@ from types import ModuleType
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from tenantserve.metrics import MULTIPROC_ENV, EngineMetrics
-from tenantserve.vllm_plugin import cpu_lora_fix, defers, slots
+from tenantserve.vllm_plugin import cpu_lora_fix, defers, slot_order, slots
 from tenantserve.vllm_plugin.labels import AdapterLabels
 from tenantserve.vllm_plugin.patching import is_wrapped, when_imported
 
@@ -60,6 +61,8 @@ class EnginePlugin:
             self.installed.append("scheduler")
 
     def attach_worker(self, module: ModuleType) -> None:
+        if slot_order.install(module.LRUCacheWorkerLoRAManager):
+            self.installed.append("slot_order")
         if not is_wrapped(module.LRUCacheWorkerLoRAManager.add_adapter):
             slots.install(module.LRUCacheWorkerLoRAManager, slots.SlotRecorder(self.metrics, self.labels))
             self.installed.append("worker")

@@ -96,6 +96,6 @@ def safely(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
                 target._tenantserve_failed = True
             except AttributeError:
                 pass
-            logger.exception("tenantserve metrics: %s failed; counting goes on without it",
+            logger.exception("tenantserve vLLM plugin: %s failed; the engine goes on without it",
                              getattr(fn, "__qualname__", fn))
         return None
