@@ -3,15 +3,19 @@
 Pydantic models describe it; ``Registry.load`` reads and validates a file and reports every problem with the
 place it was found (``adapters.yaml:14: tenants[0].adapters[1].name: ...``); ``Registry.save`` writes atomically,
 so a reader (or a crash half-way) never sees half a file. Relative paths in the file are relative to the file.
+Writers (the sidecar, ``tenantserve keys``, ``fingerprint --pin``) hold ``RegistryLock`` from read to write, so two
+of them never lose each other's change.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -236,6 +240,50 @@ class Registry(_Strict):
     def save(self, path: Path | str) -> None:
         """Write atomically: temp file in the same directory, fsync, rename, fsync the directory."""
         atomic_write_text(Path(path), self.to_yaml())
+
+
+class RegistryLock:
+    """Exclusive, cross-process lock for one read-modify-write of a registry file: ``flock`` on a sibling file
+    (``.adapters.yaml.lock``; the registry itself is replaced by rename, so it cannot carry the lock). Released by
+    the kernel if the holder dies. Waits up to ``timeout`` seconds, then raises a ``RegistryError``."""
+
+    def __init__(self, path: Path | str, timeout: float = 30.0) -> None:
+        path = Path(path)
+        self.path = path.parent / f".{path.name}.lock"
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def acquire(self) -> Self:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise RegistryError(f"cannot create the registry lock {self.path}: {exc.strerror or exc}",
+                                code="registry_unwritable") from None
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise RegistryError(f"another writer has held the registry lock {self.path} for more than "
+                                        f"{self.timeout:.0f} s; try again", code="registry_locked") from None
+                time.sleep(0.02)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

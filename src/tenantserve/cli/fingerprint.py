@@ -14,7 +14,7 @@ from tenantserve.basemodel import pin_registry_text
 from tenantserve.errors import FingerprintError, TenantserveError
 from tenantserve.fingerprint import Fingerprint, fingerprint, model_files
 from tenantserve.fpcache import FingerprintCache
-from tenantserve.registry import Registry, atomic_write_text
+from tenantserve.registry import Registry, RegistryLock, atomic_write_text
 
 
 @click.command("fingerprint")
@@ -56,9 +56,15 @@ def command(path: Path | None, as_json: bool, pin: bool, registry_path: Path | N
 
 
 def _pin(registry: Registry, fp: Fingerprint) -> None:
-    """Edit only the base section (comments kept) when the result still validates; else rewrite the file."""
+    """Edit only the base section (comments kept) when the result still validates; else rewrite the file.
+    Under the registry's file lock, on the file as it is now (the sidecar may have changed it while we hashed)."""
     source = registry.source
     assert source is not None
+    with RegistryLock(source):
+        _pin_locked(Registry.load(source, check_paths=False), source, fp)
+
+
+def _pin_locked(registry: Registry, source: Path, fp: Fingerprint) -> None:
     text = pin_registry_text(source.read_text(encoding="utf-8"), fp)
     if text is not None:
         try:

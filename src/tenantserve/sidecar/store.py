@@ -2,7 +2,8 @@
 
 Every change re-reads the file (an operator may have edited it), applies one mutation, re-validates the whole registry
 and writes it with ``Registry.save`` (temp file, fsync, rename, fsync of the directory), so a sidecar killed at any
-moment leaves either the old or the new file. Writes are serialized by one lock; operations on one adapter or tenant
+moment leaves either the old or the new file. Writes are serialized by one lock, and against other processes
+(``tenantserve keys``, ``fingerprint --pin``) by the registry's file lock; operations on one adapter or tenant
 are serialized by a lock per name, which the reconciler also takes before touching that adapter.
 """
 
@@ -17,7 +18,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from tenantserve.errors import RegistryError
-from tenantserve.registry import Registry
+from tenantserve.registry import Registry, RegistryLock
 from tenantserve.sidecar.errors import RegistryWriteError
 
 T = TypeVar("T")
@@ -52,16 +53,24 @@ class RegistryStore:
     async def mutate(self, change: Callable[[Registry], T]) -> T:
         """Apply ``change`` to the current registry and persist the result; ``change`` raises to abort."""
         async with self._write_lock:
-            registry = await asyncio.to_thread(self.load)
-            result = change(registry)
-            checked = validated(registry)
+            lock = RegistryLock(self.path)  # other processes (``tenantserve keys``) write the same file
             try:
-                await asyncio.to_thread(checked.save, self.path)
-            except OSError as exc:
-                raise RegistryWriteError(f"cannot write the registry {self.path}: {exc.strerror or exc}") from None
+                await asyncio.to_thread(lock.acquire)
+            except RegistryError as exc:
+                raise RegistryWriteError(exc.message) from None
+            try:
+                registry = await asyncio.to_thread(self.load)
+                result = change(registry)
+                checked = validated(registry)
+                try:
+                    await asyncio.to_thread(checked.save, self.path)
+                except OSError as exc:
+                    raise RegistryWriteError(f"cannot write the registry {self.path}: {exc.strerror or exc}") from None
+                finally:
+                    self.generation += 1
+                return result
             finally:
-                self.generation += 1
-            return result
+                lock.release()
 
 
 def validated(registry: Registry) -> Registry:
