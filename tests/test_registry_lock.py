@@ -53,7 +53,7 @@ def test_the_sidecar_store_reports_a_held_lock_as_a_write_error(tmp_path: Path, 
     monkeypatch.setattr(RegistryLock, "__init__", _short_timeout)
     with RegistryLock(path), pytest.raises(RegistryWriteError) as info:
         asyncio.run(store.mutate(lambda reg: reg.tenants.append(TenantSpec(id="globex"))))
-    assert info.value.http_status == 503 and "lock" in str(info.value)
+    assert info.value.http_status == 503 and info.value.code == "registry_locked" and "lock" in str(info.value)
     assert [t.id for t in Registry.load(path, check_paths=False).tenants] == ["acme"]
 
 

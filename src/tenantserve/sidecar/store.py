@@ -57,7 +57,7 @@ class RegistryStore:
             try:
                 await asyncio.to_thread(lock.acquire)
             except RegistryError as exc:
-                raise RegistryWriteError(exc.message) from None
+                raise RegistryWriteError(exc.message, code=exc.code) from None
             try:
                 registry = await asyncio.to_thread(self.load)
                 result = change(registry)
