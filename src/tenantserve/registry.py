@@ -238,8 +238,28 @@ class Registry(_Strict):
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
 
     def save(self, path: Path | str) -> None:
-        """Write atomically: temp file in the same directory, fsync, rename, fsync the directory."""
-        atomic_write_text(Path(path), self.to_yaml())
+        """Write atomically: temp file in the same directory, fsync, rename, fsync the directory. An existing file
+        keeps its comments, key order and quoting (``yamlkeep``) whenever the merged text provably means exactly
+        this registry; otherwise it is rewritten as plain YAML."""
+        path = Path(path)
+        atomic_write_text(path, self._merged_yaml(path) or self.to_yaml())
+
+    def _merged_yaml(self, path: Path) -> str | None:
+        from tenantserve.yamlkeep import merge_text
+
+        try:
+            previous = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        full = self.model_dump(mode="json", exclude_none=True)
+        text = merge_text(previous, full, self.model_dump(mode="json", exclude_none=True, exclude_defaults=True))
+        if text is None:
+            return None
+        try:
+            same = Registry.parse(text).model_dump(mode="json", exclude_none=True) == full
+        except RegistryError:
+            return None
+        return text if same else None
 
 
 class RegistryLock:
