@@ -90,6 +90,13 @@ def test_registry_field_declares_the_base_too(tmp_path: Path, base: Path, cache:
         ("shape_mismatch", lambda d, b: make_adapter(d, layers=4)),
         ("weights_truncated", lambda d, b: (make_adapter(d), truncate(d / "adapter_model.safetensors"))),
         ("weights_missing", lambda d, b: (make_adapter(d), (d / "adapter_model.safetensors").unlink())),
+        ("weights_invalid", lambda d, b: (make_adapter(d), (d / "adapter_model.safetensors").write_bytes(
+            (9).to_bytes(8, "little") + b"not json!"))),
+        ("weights_invalid", lambda d, b: (make_adapter(d), (d / "adapter_model.safetensors").write_bytes(
+            (2**40).to_bytes(8, "little")))),
+        ("weights_invalid", lambda d, b: (make_adapter(d), (d / "adapter_model.safetensors").write_bytes(
+            (2).to_bytes(8, "little") + b"[]"))),
+        ("path_missing", lambda d, b: None),
         ("weights_format", lambda d, b: (make_adapter(d), (d / "adapter_model.safetensors").rename(
             d / "adapter_model.bin"))),
     ],
