@@ -36,3 +36,42 @@ def test_containers_run_tenantserve_commands_that_exist() -> None:
     deployment = next(d for d in _docs() if d["kind"] == "Deployment")
     for container in deployment["spec"]["template"]["spec"]["containers"]:
         assert container["args"][0] in main.commands, container["args"][0]
+
+
+def test_the_kubernetes_scrape_config_finds_the_deployment() -> None:
+    """Every pod selector of deploy/prometheus/prometheus-kubernetes.yml matches what the Deployment creates:
+    its namespace, its ``app`` label, one named container port per job."""
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus-kubernetes.yml").read_text())
+    deployment = next(d for d in _docs() if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    jobs = {}
+    for job in prom["scrape_configs"]:
+        [sd] = job["kubernetes_sd_configs"]
+        assert sd["role"] == "pod" and sd["namespaces"]["names"] == [deployment["metadata"]["namespace"]]
+        keep = {r["source_labels"][0]: r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
+        assert keep["__meta_kubernetes_pod_label_app"] == pod["metadata"]["labels"]["app"]
+        jobs[job["job_name"]] = keep["__meta_kubernetes_pod_container_port_name"]
+    assert jobs == {"tenantserve-engine": "openai", "tenantserve-sidecar": "admin"} and set(jobs.values()) <= ports
+
+
+def test_the_kubernetes_scrape_config_passes_promtool_apart_from_discovery(tmp_path: Path) -> None:
+    """Debian's promtool is built without Kubernetes discovery; every other part of the file (globals, rule files,
+    relabelling) is checked by promtool with the discovery swapped for a static target."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (.ci/run installs Debian's prometheus)")
+    source = ROOT / "deploy" / "prometheus"
+    prom = yaml.safe_load((source / "prometheus-kubernetes.yml").read_text())
+    prom["rule_files"] = [str(source / f) for f in prom["rule_files"]]
+    for job in prom["scrape_configs"]:
+        assert job.pop("kubernetes_sd_configs")
+        job["static_configs"] = [{"targets": ["127.0.0.1:9"]}]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(prom))
+    out = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
