@@ -58,7 +58,9 @@ class TenantMiddleware:
             return
         started = time.perf_counter()
         route = classify(scope["method"], scope["path"])
-        if route is Route.PUBLIC:  # health probes answer even without a registry
+        if route is Route.PUBLIC or _is_preflight(scope):
+            # health probes answer even without a registry; a CORS preflight carries no credentials by design and
+            # is answered by vLLM's CORSMiddleware (inside this one) without reaching any route
             return await self.app(scope, receive, send)
         caller: str | None = None
         model: str | None = None
@@ -124,6 +126,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _is_preflight(scope: Scope) -> bool:
+    return (scope["method"] == "OPTIONS" and _header(scope, b"origin") is not None
+            and _header(scope, b"access-control-request-method") is not None)
 
 
 def _token(scope: Scope) -> str | None:

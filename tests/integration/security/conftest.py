@@ -56,6 +56,10 @@ class SecuredEngine:
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
 
+#: The one origin the secured engine allows cross-origin requests from (vLLM's --allowed-origins).
+BROWSER_ORIGIN = "https://app.example"
+
+
 def wait_until(cond: Callable[[], bool], timeout: float, tick: float = 0.1) -> float:
     """Seconds until ``cond()`` held; fails after ``timeout``."""
     start = time.monotonic()
@@ -73,6 +77,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEngine]
     def adjust(reg: Registry) -> None:
         reg.tenant("globex").allow_base = False  # type: ignore[union-attr]
         reg.tenant("initech").max_in_flight = 1  # type: ignore[union-attr]
+        reg.engine.extra_args = [*reg.engine.extra_args, "--allowed-origins", f'["{BROWSER_ORIGIN}"]']  # CORS on
 
     path, keys = copy_secured_registry(tmp / "adapters.yaml", adjust)
     prom_dir = tmp / "prometheus"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.security.conftest import ADMIN_TOKEN, METRICS_TOKEN, SecuredEngine
+from tests.integration.security.conftest import ADMIN_TOKEN, BROWSER_ORIGIN, METRICS_TOKEN, SecuredEngine
 
 #: (method, path, body): load/unload, the unauthenticated SageMaker routes, and vLLM's other mutating routes.
 MUTATING = [
@@ -71,3 +71,26 @@ def test_metrics_open_on_loopback_token_elsewhere(secured: SecuredEngine) -> Non
 def test_health_stays_open(secured: SecuredEngine) -> None:
     with secured.client(None) as c:
         assert c.get("/health").status_code == 200
+
+
+def test_cors_preflight_is_answered_without_a_key_and_changes_nothing(secured: SecuredEngine) -> None:
+    """Browsers send preflights without credentials: vLLM's CORSMiddleware (inside ours) answers them and no route
+    runs, so a browser client can then send its real request with its key. A bare OPTIONS is still an admin route,
+    and an origin the operator did not allow (``--allowed-origins``) is refused by vLLM."""
+    preflight = {"Origin": BROWSER_ORIGIN, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    with secured.client(None, remote=True) as c:
+        for path in ("/v1/completions", "/v1/load_lora_adapter"):
+            resp = c.options(path, headers=preflight)
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["access-control-allow-origin"] == BROWSER_ORIGIN
+            assert resp.content == b"OK"  # Starlette's preflight answer, not a route's
+        assert c.options("/v1/completions", headers={**preflight, "Origin": "https://evil.example"}).status_code == 400
+        for headers in ({}, {"Origin": BROWSER_ORIGIN}):  # not a preflight: an admin route, refused remotely
+            refused = c.options("/v1/completions", headers=headers)
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "loopback_only", refused.text
+    with secured.client(secured.keys["acme"], remote=True) as c:
+        real = c.post("/v1/completions", json={"model": "sql", "prompt": "x", "max_tokens": 1},
+                      headers={"Origin": BROWSER_ORIGIN})
+    assert real.status_code == 200 and real.headers["access-control-allow-origin"] == BROWSER_ORIGIN
+    test_adapters_survive_every_refused_attempt(secured)
