@@ -25,7 +25,7 @@ from tenantserve import embedded
 from tenantserve.demo import free_port
 from tests.conftest import ROOT
 from tests.integration.engines import RunningEngine, copy_secured_registry, start_engine
-from tests.integration.test_metrics_engine import HOLDERS, hold_two_slots_and_wait
+from tests.integration.test_metrics_engine import queue_in_order
 from tests.sidecar.serving import TOKEN, SidecarThread
 
 DEPLOY = ROOT / "deploy"
@@ -75,7 +75,8 @@ def prometheus_config(engine: RunningEngine, sidecar: SidecarThread) -> dict:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus")
     path, keys = copy_secured_registry(tmp / "adapters.yaml")
-    engine = start_engine(path, tmp / "engine.log", extra_env={"TENANTSERVE_ADMIN_TOKEN": TOKEN})
+    engine = start_engine(path, tmp / "engine.log",  # dev mode: /pause and /resume order the traffic
+                          extra_env={"TENANTSERVE_ADMIN_TOKEN": TOKEN, "VLLM_SERVER_DEV_MODE": "1"})
     sidecar = SidecarThread(path, engine.url, reconcile=True, reconcile_interval=2.0)
     prom: subprocess.Popen[bytes] | None = None
     try:
@@ -112,16 +113,13 @@ def _ready(url: str) -> bool:
 
 
 def traffic(stack: Stack) -> dict[str, int]:
-    """Each tenant on its adapter: two hold both slots with long streams while the third's three requests wait,
-    then a few sequential requests (slot fills, CPU-cache copies, evictions). Returns requests sent per tenant."""
+    """Each tenant on its adapter: two hold both slots while the third's three prompts wait, then a few sequential
+    requests (slot fills, CPU-cache copies, evictions). Returns requests sent per tenant."""
     owner = {a.name: t.id for t, a in stack.engine.registry.adapters()}
     a, b, c = owner  # sql (acme), pirate (globex), french (initech)
     clients = {name: stack.client(tenant) for name, tenant in owner.items()}
-    hold_two_slots_and_wait(stack.engine, (a, b), c, 3, client_for=clients)
-    sent = dict.fromkeys(owner.values(), 0)
-    sent[owner[a]] += HOLDERS
-    sent[owner[b]] += HOLDERS
-    sent[owner[c]] += 1  # one HTTP request carrying the three waiting prompts
+    queue_in_order(stack.engine, a, b, c, 3, client_for=clients, admin_headers={"Authorization": f"Bearer {TOKEN}"})
+    sent = dict.fromkeys(owner.values(), 1)  # one request each; c's carries the three waiting prompts
     for name in (a, a, b, c):
         clients[name].completions.create(model=name, prompt=embedded.SQL_PROMPT, max_tokens=4, temperature=0)
         sent[owner[name]] += 1
