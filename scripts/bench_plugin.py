@@ -6,7 +6,7 @@ offers: ``VLLM_PLUGINS`` set to every other general plugin. Each round sends the
 on max_loras=2 plus the base: hits, misses, evictions and defers all happen) and measures generated tokens/s.
 A micro-benchmark then times the slot hook itself per scheduler step, against vLLM's own code path.
 
-    .venv/bin/python scripts/bench_plugin.py [--registry configs/adapters.yaml] [--rounds 8]
+    .venv/bin/python scripts/bench_plugin.py [--registry configs/adapters.yaml] [--rounds 8] [--hook-only]
 """
 
 from __future__ import annotations
@@ -60,14 +60,15 @@ def workload(url: str, models: list[str], requests: int, tokens: int) -> float:
 
 
 def hook_cost(steps: int = 20000) -> tuple[float, float]:
-    """Microseconds per scheduler step of vLLM's ``_apply_adapters`` for 2 adapters, without and with the hook."""
+    """Microseconds per scheduler step of vLLM's ``_apply_adapters`` for 2 adapters, without and with the plugin's
+    worker hooks (the slot-order fix and the slot counters, installed as the plugin installs them)."""
     from prometheus_client import CollectorRegistry
     from vllm.lora import model_manager as mm
     from vllm.lora import worker_manager as wm
     from vllm.lora.request import LoRARequest
 
     from tenantserve.metrics import EngineMetrics
-    from tenantserve.vllm_plugin import slots
+    from tenantserve.vllm_plugin import slot_order, slots
     from tenantserve.vllm_plugin.labels import AdapterLabels
 
     class Model(mm.LRUCacheLoRAModelManager):
@@ -81,6 +82,7 @@ def hook_cost(steps: int = 20000) -> tuple[float, float]:
     class Hooked(Plain):
         pass
 
+    slot_order.install(Hooked)
     slots.install(Hooked, slots.SlotRecorder(EngineMetrics.create(CollectorRegistry()),
                                              AdapterLabels(frozenset({"a", "b"}))))
 
@@ -159,7 +161,13 @@ def main() -> int:
     p.add_argument("--mode", choices=["sequential", "interleaved"], default="sequential",
                    help="sequential: one engine alive at a time, phases in ABBA order (two vLLM CPU engines alive at once "
                         "compete for the same cores and skew each other); interleaved: both alive, rounds alternate")
+    p.add_argument("--hook-only", action="store_true",
+                   help="only the per-step micro-benchmark of the worker hooks (seconds; no engines)")
     args = p.parse_args()
+    if args.hook_only:
+        plain, hooked = hook_cost()
+        print(f"worker hooks: {plain:.1f} us/step without, {hooked:.1f} us/step with (+{hooked - plain:.1f} us)")
+        return 0
     registry = Registry.load(args.registry)
     models = [a.name for _, a in registry.adapters()] + [registry.base.name]
     logs = Path(tempfile.mkdtemp(prefix="bench-plugin-"))
@@ -174,7 +182,7 @@ def main() -> int:
           f"(per-round ratios {min(ratios):.3f}..{max(ratios):.3f})")
     plain, hooked = hook_cost()
     step_us = 1e6 / med["without plugin"] * min(args.requests, 256)  # one step generates a token per running request
-    print(f"slot hook: {plain:.1f} us/step without, {hooked:.1f} us/step with (+{hooked - plain:.1f} us); "
+    print(f"worker hooks: {plain:.1f} us/step without, {hooked:.1f} us/step with (+{hooked - plain:.1f} us); "
           f"a decode step here takes ~{step_us:.0f} us -> {(hooked - plain) / step_us * 100:.3f}% of a step")
     return 0
 

@@ -75,7 +75,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("sidecar-stack")
     registry = copy_registry(tmp / "adapters.yaml")
-    engine = start_engine(registry, tmp / "engine.log")
+    engine = start_engine(registry, tmp / "engine.log", extra_env={"VLLM_SERVER_DEV_MODE": "1"})  # /pause, /resume
     sidecar = SidecarThread(registry, engine.url, reconcile=True, reconcile_interval=3.0, watch_interval=0.5)
     try:
         sidecar.start()
@@ -132,48 +132,52 @@ STREAMS = 4
 
 
 def test_versioned_swap_and_offboard_while_streaming(stack: Stack) -> None:
-    """v2 is added and v1 removed while v1 streams are open: they complete, v1 then 404s, v2 serves.
-
-    Each stream reads one event, then pauses until the offboarding is done; with 20 logprobs a token its ~600 KB
-    of events exceed loopback's socket buffers, so the server cannot finish sending it before the client reads on."""
+    """v2 is added, then v1 removed while v1 streams are mid-generation: the removal waits for them (drain), they
+    complete, v1 then 404s, v2 serves. The engine's scheduler is paused (vLLM's dev route) while the removal starts,
+    so the streams are surely still generating then, whatever the machine's speed."""
+    with stack.sidecar.client() as c:
+        v2 = c.post("/admin/tenants/hooli/adapters", json=stack.body("hooli-sql@v2", stack.adapter_copy("hooli-sql-v2")))
+        assert v2.status_code == 201, v2.text
     client = stack.engine.openai()
     chunks: list[int] = [0] * STREAMS
     finished: list[str | None] = []
     started = [threading.Event() for _ in range(STREAMS)]
-    offboarded = threading.Event()
+    removal: dict[str, object] = {}
 
     def stream(i: int) -> None:
         for event in client.completions.create(model="hooli-sql@v1", prompt=embedded.SQL_PROMPT, max_tokens=230,
-                                               temperature=0, stream=True, logprobs=20,
-                                               extra_body={"ignore_eos": True}):
+                                               temperature=0, stream=True, extra_body={"ignore_eos": True}):
             chunks[i] += 1
-            if not started[i].is_set():
-                started[i].set()
-                offboarded.wait(120)
+            started[i].set()
             if event.choices[0].finish_reason:
                 finished.append(event.choices[0].finish_reason)
+
+    def remove() -> None:
+        with stack.sidecar.client() as c:
+            removal["response"] = c.delete("/admin/tenants/hooli/adapters/hooli-sql@v1")
 
     readers = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
     for reader in readers:
         reader.start()
     assert all(event.wait(60) for event in started)
+    assert httpx.post(f"{stack.engine.url}/pause", params={"mode": "keep"}, timeout=60).status_code == 200
     try:
-        with stack.sidecar.client() as c:
-            v2 = c.post("/admin/tenants/hooli/adapters",
-                        json=stack.body("hooli-sql@v2", stack.adapter_copy("hooli-sql-v2")))
-            assert v2.status_code == 201, v2.text
-            in_flight_at_delete = not finished
-            gone = c.delete("/admin/tenants/hooli/adapters/hooli-sql@v1")
-            assert gone.status_code == 200, gone.text
-            assert gone.json()["unloaded"] and gone.json()["drained"]
-        with pytest.raises(openai.NotFoundError):
-            stack.complete("hooli-sql@v1")
+        assert not finished, "a stream finished before the pause (230 tokens)"
+        remover = threading.Thread(target=remove)
+        remover.start()
+        remover.join(3.0)
+        assert remover.is_alive(), f"the removal did not wait for the v1 streams: {removal}"
     finally:
-        offboarded.set()
+        assert httpx.post(f"{stack.engine.url}/resume", timeout=60).status_code == 200
+    remover.join(60)
+    gone = removal["response"]
+    assert gone.status_code == 200, gone.text  # type: ignore[attr-defined]
+    assert gone.json()["unloaded"] and gone.json()["drained"]  # type: ignore[attr-defined]
     for reader in readers:
         reader.join(60)
-    assert in_flight_at_delete
     assert finished == ["length"] * STREAMS and min(chunks) >= 200
+    with pytest.raises(openai.NotFoundError):
+        stack.complete("hooli-sql@v1")
     assert stack.complete("hooli-sql@v2") == embedded.SQL_ON_SQL
     assert "hooli-sql@v1" not in stack.registered() and "hooli-sql@v1" not in stack.served()
 

@@ -83,7 +83,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEngine]
     prom_dir = tmp / "prometheus"
     prom_dir.mkdir()
     env = {"TENANTSERVE_ADMIN_TOKEN": ADMIN_TOKEN, "TENANTSERVE_METRICS_TOKEN": METRICS_TOKEN,
-           "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}
+           "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+           "VLLM_SERVER_DEV_MODE": "1"}  # /pause and /resume (admin only, like every dev route) hold requests in flight
     running = start_engine(path, tmp / "engine.log", extra_env=env)
     try:
         yield SecuredEngine(running, keys)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.security.conftest import SecuredEngine
+from tests.integration.security.conftest import ADMIN_TOKEN, SecuredEngine, wait_until
 
 
 def _long(secured: SecuredEngine, key: str, model: str) -> httpx.Response:
@@ -14,25 +16,36 @@ def _long(secured: SecuredEngine, key: str, model: str) -> httpx.Response:
                                                "min_tokens": 48, "temperature": 0})
 
 
+def _in_flight(secured: SecuredEngine) -> dict[str, float]:
+    with secured.client(None) as c:  # /metrics is open on loopback
+        text = c.get("/metrics").text
+    return {s.labels["tenant"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "tenantserve_requests_in_flight"}
+
+
 def test_in_flight_limit_is_per_tenant(secured: SecuredEngine) -> None:
-    """initech may have 1 request in flight: while its stream is open, its next requests get 429; acme's requests at
-    the same time are not affected; once the stream is done, initech is served again."""
-    # ~600 KB of events (20 logprobs a token) that this client does not read: more than loopback's socket buffers,
-    # so the response cannot finish, and the request stays in flight, until the client reads it
-    body = {"model": "french", "prompt": "Bonjour", "max_tokens": 230, "temperature": 0, "stream": True,
-            "ignore_eos": True, "logprobs": 20}
-    with secured.client(secured.keys["initech"], timeout=120) as held:
-        with held.stream("POST", "/v1/completions", json=body) as stream:
-            assert stream.status_code == 200
-            lines = stream.iter_lines()
-            next(line for line in lines if line.startswith("data:"))  # admitted and generating: in flight
-            limited = [_long(secured, secured.keys["initech"], "french") for _ in range(2)]
-            others = [_long(secured, secured.keys["acme"], "sql") for _ in range(2)]
-            for _ in lines:
-                pass
+    """initech may have 1 request in flight: while it is, its next requests get 429; acme's requests at the same time
+    are not affected; once it is done, initech is served again. The engine's scheduler is paused (vLLM's dev route,
+    admin token) so the first request stays in flight for as long as the test needs, whatever the machine's speed."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with secured.client(None) as c:
+        assert c.post("/pause", params={"mode": "keep"}, headers=admin).status_code == 200
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            held = pool.submit(_long, secured, secured.keys["initech"], "french")
+            wait_until(lambda: _in_flight(secured).get("initech") == 1, timeout=30)
+            limited = [_long(secured, secured.keys["initech"], "french") for _ in range(2)]  # refused at once
+            others = [pool.submit(_long, secured, secured.keys["acme"], "sql") for _ in range(2)]
+            wait_until(lambda: _in_flight(secured).get("acme") == 2, timeout=30)  # admitted beside initech's
+            with secured.client(None) as c:
+                assert c.post("/resume", headers=admin).status_code == 200
+            assert held.result(timeout=120).status_code == 200
+            assert [f.result(timeout=120).status_code for f in others] == [200, 200]
+    finally:
+        with secured.client(None) as c:
+            c.post("/resume", headers=admin)
     assert [r.status_code for r in limited] == [429, 429]
     assert all(r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "rate_limited" for r in limited)
-    assert [r.status_code for r in others] == [200, 200]
     assert _long(secured, secured.keys["initech"], "french").status_code == 200
 
 
