@@ -48,8 +48,14 @@ def install(worker_manager_cls: type) -> bool:
         fn = getattr(fn, "__wrapped__", None)
 
     def _apply_adapters(self: Any, lora_requests: Iterable[Any]) -> None:
-        requests = list(lora_requests)
         manager = self._adapter_manager
+        try:
+            in_slot = manager._active_adapters.cache
+            if all(r.lora_int_id in in_slot and not r.load_inplace for r in lora_requests if r):
+                return original(self, lora_requests)  # the common step: nothing moves, so the order cannot matter
+        except Exception:  # vLLM's internals changed: the general path below logs it once
+            pass
+        requests = list(lora_requests)
         # vLLM's internals changed (None): keep its own order rather than fail the step; logged once
         ordered = safely(activation_order, requests, manager._active_adapters.cache,
                          manager._registered_adapters.cache)
