@@ -72,17 +72,16 @@ def test_what_cannot_be_merged_is_written_plain_and_correct(tmp_path: Path) -> N
 def test_any_sequence_of_changes_round_trips(tmp_path_factory, ops: list[tuple[str, int]]) -> None:
     path = _copy(tmp_path_factory.mktemp("keep"))
     header = path.read_text().splitlines()[0]
-    for op, n in ops:
+    for i, (op, n) in enumerate(ops):  # i makes every new tenant id and adapter name unique
         reg = Registry.load(path, check_paths=False)
         tenants = reg.tenants
         if op == "add_tenant":
-            tenants.append(TenantSpec(id=f"t{n}-{len(tenants)}"))
+            tenants.append(TenantSpec(id=f"t{n}-{i}"))
         elif op == "drop_tenant" and tenants:
             del tenants[n % len(tenants)]
         elif op == "add_adapter" and tenants:
             tenant = tenants[n % len(tenants)]
-            tenant.adapters.append(AdapterSpec(name=f"a{n}-{sum(len(t.adapters) for t in tenants)}-{tenant.id}",
-                                               path=Path(f"adapters/{n}")))
+            tenant.adapters.append(AdapterSpec(name=f"a{n}-{i}", path=Path(f"adapters/{n}")))
         elif op == "drop_adapter" and tenants and tenants[n % len(tenants)].adapters:
             tenants[n % len(tenants)].adapters.pop(0)
         elif op == "key" and tenants:

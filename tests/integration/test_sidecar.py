@@ -7,6 +7,7 @@ each leaves the stack converged for the next.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -26,6 +27,8 @@ from tests.conftest import EMBEDDED
 from tests.integration.engines import RunningEngine, copy_registry, start_engine
 from tests.sidecar.serving import SidecarThread
 
+SLOW_STEPS = Path(__file__).parent / "slow_steps"
+
 
 @dataclass
 class Stack:
@@ -33,6 +36,7 @@ class Stack:
     sidecar: SidecarThread
     adapters: Path
     base_fingerprint: str
+    slow_flag: Path  # while it exists, the engine's steps are slow (tests/integration/slow_steps)
 
     def body(self, name: str, path: Path | str, **extra: object) -> dict:
         """An onboarding request that declares the base the adapter was trained on (the embedded base)."""
@@ -75,12 +79,17 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("sidecar-stack")
     registry = copy_registry(tmp / "adapters.yaml")
-    engine = start_engine(registry, tmp / "engine.log", extra_env={"VLLM_SERVER_DEV_MODE": "1"})  # /pause, /resume
-    sidecar = SidecarThread(registry, engine.url, reconcile=True, reconcile_interval=3.0, watch_interval=0.5)
+    slow = tmp / "slow-steps"  # exists -> 20 ms per scheduler step (tests/integration/slow_steps)
+    env = {"VLLM_SERVER_DEV_MODE": "1",  # /pause, /resume
+           "TENANTSERVE_TEST_SLOW_STEPS": str(slow),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(SLOW_STEPS), os.environ.get("PYTHONPATH")]))}
+    engine = start_engine(registry, tmp / "engine.log", extra_env=env)
+    sidecar = SidecarThread(registry, engine.url, reconcile=True, reconcile_interval=3.0, watch_interval=0.5,
+                            drain_timeout=120.0)
     try:
         sidecar.start()
         (tmp / "adapters").mkdir()
-        yield Stack(engine, sidecar, tmp / "adapters", fingerprint(engine.registry.base_path).value)
+        yield Stack(engine, sidecar, tmp / "adapters", fingerprint(engine.registry.base_path).value, slow)
     finally:
         sidecar.stop()
         engine.stop()
@@ -129,53 +138,69 @@ def test_bad_onboarding_requests_get_their_4xx_and_change_nothing(stack: Stack, 
 
 
 STREAMS = 4
+STREAM_TOKENS = 230  # max_model_len 256
+
+
+def _running(stack: Stack) -> float:
+    """Requests running in the engine, from its last scheduler step (vLLM's own gauge)."""
+    text = httpx.get(f"{stack.engine.url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:num_requests_running"))
 
 
 def test_versioned_swap_and_offboard_while_streaming(stack: Stack) -> None:
-    """v2 is added, then v1 removed while v1 streams are mid-generation: the removal waits for them (drain), they
-    complete, v1 then 404s, v2 serves. The engine's scheduler is paused (vLLM's dev route) while the removal starts,
-    so the streams are surely still generating then, whatever the machine's speed."""
+    """v2 is added, then v1 removed while v1 streams are mid-generation: new v1 requests get 404 at once, the removal
+    waits for the streams (drain), they complete, v2 serves. With the engine's steps slowed (test-only), the
+    scheduler is paused (vLLM's dev route) once the engine reports the streams running, and checked to still hold
+    them, so they are generating while the removal starts."""
     with stack.sidecar.client() as c:
         v2 = c.post("/admin/tenants/hooli/adapters", json=stack.body("hooli-sql@v2", stack.adapter_copy("hooli-sql-v2")))
         assert v2.status_code == 201, v2.text
     client = stack.engine.openai()
-    chunks: list[int] = [0] * STREAMS
+    chunks = [0] * STREAMS
     finished: list[str | None] = []
-    started = [threading.Event() for _ in range(STREAMS)]
     removal: dict[str, object] = {}
 
-    def stream(i: int) -> None:
-        for event in client.completions.create(model="hooli-sql@v1", prompt=embedded.SQL_PROMPT, max_tokens=230,
-                                               temperature=0, stream=True, extra_body={"ignore_eos": True}):
-            chunks[i] += 1
-            started[i].set()
-            if event.choices[0].finish_reason:
-                finished.append(event.choices[0].finish_reason)
+    def streams() -> None:  # one request, STREAMS prompts: they enter the engine together
+        for event in client.completions.create(model="hooli-sql@v1", prompt=[embedded.SQL_PROMPT] * STREAMS,
+                                               max_tokens=STREAM_TOKENS, temperature=0, stream=True,
+                                               extra_body={"ignore_eos": True}):
+            for choice in event.choices:
+                chunks[choice.index] += 1
+                if choice.finish_reason:
+                    finished.append(choice.finish_reason)
 
     def remove() -> None:
         with stack.sidecar.client() as c:
             removal["response"] = c.delete("/admin/tenants/hooli/adapters/hooli-sql@v1")
 
-    readers = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
-    for reader in readers:
-        reader.start()
-    assert all(event.wait(60) for event in started)
-    assert httpx.post(f"{stack.engine.url}/pause", params={"mode": "keep"}, timeout=60).status_code == 200
+    pause = {"mode": "keep"}
+    reader = threading.Thread(target=streams)
+    stack.slow_flag.touch()  # 20 ms a step: the streams take seconds, not a fraction of one
     try:
-        assert not finished, "a stream finished before the pause (230 tokens)"
+        reader.start()
+        wait_for(lambda: _running(stack) >= STREAMS, 60, "the streams to run")  # the engine's view, not the client's
+        assert httpx.post(f"{stack.engine.url}/pause", params=pause, timeout=60).status_code == 200
+    finally:
+        stack.slow_flag.unlink()
+    try:
+        assert _running(stack) >= STREAMS, f"the streams finished before the pause ({STREAM_TOKENS} tokens)"
         remover = threading.Thread(target=remove)
         remover.start()
-        remover.join(3.0)
-        assert remover.is_alive(), f"the removal did not wait for the v1 streams: {removal}"
+        wait_for(lambda: "hooli-sql@v1" not in stack.served(), 30, "v1 to leave /v1/models")
+        with pytest.raises(openai.NotFoundError):  # new requests are refused at once, while v1's streams still run
+            stack.complete("hooli-sql@v1")
+        remover.join(2.0)
+        answer = getattr(removal.get("response"), "text", None)
+        assert remover.is_alive(), f"the removal did not wait for the v1 streams: {answer}, {chunks}"
     finally:
         assert httpx.post(f"{stack.engine.url}/resume", timeout=60).status_code == 200
-    remover.join(60)
+    remover.join(120)
     gone = removal["response"]
     assert gone.status_code == 200, gone.text  # type: ignore[attr-defined]
     assert gone.json()["unloaded"] and gone.json()["drained"]  # type: ignore[attr-defined]
-    for reader in readers:
-        reader.join(60)
-    assert finished == ["length"] * STREAMS and min(chunks) >= 200
+    reader.join(120)
+    assert finished == ["length"] * STREAMS and min(chunks) >= STREAM_TOKENS - 30
     with pytest.raises(openai.NotFoundError):
         stack.complete("hooli-sql@v1")
     assert stack.complete("hooli-sql@v2") == embedded.SQL_ON_SQL
