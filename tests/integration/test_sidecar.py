@@ -22,6 +22,7 @@ import yaml
 
 from tenantserve import embedded
 from tenantserve.fingerprint import fingerprint
+from tenantserve.metrics import per_label
 from tenantserve.registry import Registry
 from tests.conftest import EMBEDDED
 from tests.integration.engines import RunningEngine, copy_registry, start_engine
@@ -144,8 +145,7 @@ STREAM_TOKENS = 230  # max_model_len 256
 def _running(stack: Stack) -> float:
     """Requests running in the engine, from its last scheduler step (vLLM's own gauge)."""
     text = httpx.get(f"{stack.engine.url}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:num_requests_running"))
+    return sum(per_label(text, "vllm:num_requests_running", "engine").values())
 
 
 def test_versioned_swap_and_offboard_while_streaming(stack: Stack) -> None:

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tenantserve.metrics import per_label
 from tests.integration.security.conftest import ADMIN_TOKEN, SecuredEngine, wait_until
 
 
@@ -18,9 +19,7 @@ def _long(secured: SecuredEngine, key: str, model: str) -> httpx.Response:
 
 def _in_flight(secured: SecuredEngine) -> dict[str, float]:
     with secured.client(None) as c:  # /metrics is open on loopback
-        text = c.get("/metrics").text
-    return {s.labels["tenant"]: s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name == "tenantserve_requests_in_flight"}
+        return per_label(c.get("/metrics").text, "tenantserve_requests_in_flight", "tenant")
 
 
 def test_in_flight_limit_is_per_tenant(secured: SecuredEngine) -> None:
