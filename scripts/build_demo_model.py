@@ -228,7 +228,21 @@ def build_tokenizer(texts: list[str], vocab_size: int, out_dir: Path, max_len: i
     }, indent=2) + "\n")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}, indent=2) + "\n")
+    (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     return tok
+
+
+#: The toy model was trained on ``<s>`` + plain prompt, with no roles: a chat renders as exactly that prompt, so
+#: chat and completions give the same answers. A system message (if any) comes first on its own line; earlier
+#: assistant turns end with ``</s>``; nothing is added for the generation prompt.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
+    "{% else %}{{ message['content'] }}{% endif %}"
+    "{% endfor %}"
+)
 
 
 # ----------------------------------------------------------------------------------------------
