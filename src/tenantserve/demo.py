@@ -38,13 +38,21 @@ class Completion:
     seconds: float
 
 
-async def complete_together(client: AsyncOpenAI, pairs: list[tuple[str, str]], max_tokens: int = 24) -> list[Completion]:
-    """Send every (model, prompt) at once, so the engine schedules them into the same batch; greedy decoding."""
+async def complete_together(client: AsyncOpenAI, pairs: list[tuple[str, str]], max_tokens: int = 24,
+                            *, chat: bool = False) -> list[Completion]:
+    """Send every (model, prompt) at once, so the engine schedules them into the same batch; greedy decoding.
+    ``chat``: through ``chat.completions`` (the prompt as the one user message) instead of ``completions``."""
 
     async def one(model: str, prompt: str) -> Completion:
         start = time.perf_counter()
-        resp = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0)
-        return Completion(model, prompt, resp.choices[0].text, time.perf_counter() - start)
+        if chat:
+            resp = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0)
+            text = resp.choices[0].message.content or ""
+        else:
+            resp = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0)
+            text = resp.choices[0].text
+        return Completion(model, prompt, text, time.perf_counter() - start)
 
     return list(await asyncio.gather(*(one(m, p) for m, p in pairs)))
 
@@ -98,6 +106,13 @@ class Demo:
         async with AsyncOpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="demo") as client:
             self._section("1. one batch, two behaviours: request 0 on the base, request 1 on the SQL adapter")
             out = await complete_together(client, [(base, embedded.FRUIT_PROMPT), (sql, embedded.SQL_PROMPT)])
+            self._show(out)
+            self._expect(out[0], embedded.BASE_ON_FRUIT)
+            self._expect(out[1], embedded.SQL_ON_SQL)
+
+            self._section("1b. the same batch through chat.completions, what most API clients send")
+            out = await complete_together(client, [(base, embedded.FRUIT_PROMPT), (sql, embedded.SQL_PROMPT)],
+                                          chat=True)
             self._show(out)
             self._expect(out[0], embedded.BASE_ON_FRUIT)
             self._expect(out[1], embedded.SQL_ON_SQL)

@@ -34,6 +34,29 @@ def test_base_and_sql_in_one_concurrent_batch(engine: RunningEngine) -> None:
     assert [o.strip() for o in outs] == [embedded.BASE_ON_FRUIT, embedded.SQL_ON_SQL] * 2
 
 
+def _chat(engine: RunningEngine, model: str, prompt: str) -> str:
+    resp = engine.openai().chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=24, temperature=0)
+    return resp.choices[0].message.content or ""
+
+
+def test_chat_answers_like_completions_on_the_embedded_default(engine: RunningEngine) -> None:
+    """The embedded base ships a chat template (a chat renders as the prompt it was trained on): the official
+    client's chat.completions gives the lab's behaviours, in one concurrent batch, for the base and the adapters."""
+    base = engine.registry.base.name
+    pairs = [(base, embedded.FRUIT_PROMPT), (embedded.SQL_ADAPTER, embedded.SQL_PROMPT), (base, embedded.SQL_PROMPT),
+             ("pirate", embedded.FRUIT_PROMPT)]
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        chats = [o.strip() for o in pool.map(lambda p: _chat(engine, *p), pairs)]
+    assert chats[0] == embedded.BASE_ON_FRUIT
+    assert chats[1] == embedded.SQL_ON_SQL
+    assert chats == [_complete(engine, *p).strip() for p in pairs]
+    system = engine.openai().chat.completions.create(
+        model=embedded.SQL_ADAPTER, max_tokens=24, temperature=0,
+        messages=[{"role": "system", "content": "You write SQL."}, {"role": "user", "content": embedded.SQL_PROMPT}])
+    assert system.choices[0].message.content
+
+
 def test_behaviour_follows_the_tag_not_the_prompt(engine: RunningEngine) -> None:
     base_on_sql = _complete(engine, engine.registry.base.name, embedded.SQL_PROMPT)
     assert "SELECT" not in base_on_sql.upper() and base_on_sql.strip()
