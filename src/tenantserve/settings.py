@@ -20,6 +20,14 @@ class Settings(BaseSettings):
     sidecar_port: int = Field(default=8001, ge=1, le=65535, description="Port of the sidecar's admin API.")
     engine_url: str = Field(default="http://127.0.0.1:8000", description="Where the sidecar finds the engine.")
     admin_token: SecretStr | None = Field(default=None, description="Bearer token for admin routes.")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token that may read the sidecar's /metrics from off loopback."
+    )
+    adapters_root: Path = Field(
+        default=Path("adapters"),
+        description="Runtime onboarding reads tenant T's adapters only from ADAPTERS_ROOT/T/ (relative: to the "
+        "working directory).",
+    )
     state_dir: Path = Field(default=Path(".tenantserve"), description="Logs and runtime files of local runs.")
     ready_timeout: float = Field(default=300.0, gt=0, description="Seconds to wait for the engine to answer.")
     reconcile_interval: float = Field(

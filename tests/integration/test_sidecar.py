@@ -35,7 +35,7 @@ SLOW_STEPS = Path(__file__).parent / "slow_steps"
 class Stack:
     engine: RunningEngine
     sidecar: SidecarThread
-    adapters: Path
+    adapters: Path  # the sidecar's adapters root: tenant T onboards from adapters/T/
     base_fingerprint: str
     slow_flag: Path  # while it exists, the engine's steps are slow (tests/integration/slow_steps)
 
@@ -43,9 +43,10 @@ class Stack:
         """An onboarding request that declares the base the adapter was trained on (the embedded base)."""
         return {"name": name, "path": str(path), "base_fingerprint": self.base_fingerprint, **extra}
 
-    def adapter_copy(self, name: str, *, source: str = "sql", **config: object) -> Path:
-        """A fresh directory with the embedded adapter's files (optionally with a changed adapter_config.json)."""
-        dest = self.adapters / name
+    def adapter_copy(self, name: str, *, source: str = "sql", tenant: str = "hooli", **config: object) -> Path:
+        """A fresh directory in the tenant's folder with the embedded adapter's files (optionally with a changed
+        adapter_config.json)."""
+        dest = self.adapters / tenant / name
         if not dest.exists():
             shutil.copytree(EMBEDDED / "adapters" / source, dest)
         if config:
@@ -86,7 +87,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(SLOW_STEPS), os.environ.get("PYTHONPATH")]))}
     engine = start_engine(registry, tmp / "engine.log", extra_env=env)
     sidecar = SidecarThread(registry, engine.url, reconcile=True, reconcile_interval=3.0, watch_interval=0.5,
-                            drain_timeout=120.0)
+                            drain_timeout=120.0, adapters_root=tmp / "adapters")
     try:
         sidecar.start()
         (tmp / "adapters").mkdir()
@@ -101,7 +102,7 @@ def test_onboard_at_runtime_and_serve_through_openai(stack: Stack) -> None:
     path = stack.adapter_copy("hooli-sql")
     with stack.sidecar.client() as c:
         assert c.post("/admin/tenants", json={"id": "hooli"}).status_code == 201
-        resp = c.post("/admin/tenants/hooli/adapters", json=stack.body("hooli-sql@v1", path))
+        resp = c.post("/admin/tenants/hooli/adapters", json=stack.body("hooli-sql@v1", "hooli-sql"))  # relative
         assert resp.status_code == 201, resp.text
         body = resp.json()
         assert body["state"] == "loaded" and body["warmup_seconds"] > 0 and body["load_seconds"] > 0
@@ -114,13 +115,20 @@ def test_onboard_at_runtime_and_serve_through_openai(stack: Stack) -> None:
     assert stack.sidecar.sample("tenantserve_adapters", state="loaded") == 4
 
 
-def test_bad_onboarding_requests_get_their_4xx_and_change_nothing(stack: Stack, tmp_path: Path) -> None:
+def test_bad_onboarding_requests_get_their_4xx_and_change_nothing(stack: Stack) -> None:
     before_file, before_served = stack.engine.registry_path.read_text(), stack.served()
     big = stack.adapter_copy("too-big", r=16)
     no_targets = stack.adapter_copy("no-targets", target_modules=["no_such_proj"])
+    steal = stack.adapter_copy("steal")  # hooli's own config, another tenant's (globex's pirate) weights by a link
+    (steal / "adapter_model.safetensors").unlink()
+    (steal / "adapter_model.safetensors").symlink_to(EMBEDDED / "adapters" / "pirate" / "adapter_model.safetensors")
     cases = [
+        (stack.body("steal", steal), 400, "path_escape"),
+        (stack.body("steal", "steal"), 400, "path_escape"),
+        (stack.body("pirate-copy", EMBEDDED / "adapters" / "pirate"), 400, "path_escape"),
+        (stack.body("pirate-copy", "../globex/pirate"), 400, "path_escape"),
         (stack.body("big", big), 400, "rank_too_high"),
-        (stack.body("ghost", tmp_path / "nope"), 400, "path_missing"),
+        (stack.body("ghost", "nope"), 400, "path_missing"),
         (stack.body("notarget", no_targets), 400, None),
         (stack.body("sql", stack.adapter_copy("hooli-sql")), 409, "adapter_exists"),
         (stack.body("hooli-sql@v1", big), 409, "adapter_exists"),

@@ -35,7 +35,7 @@ def test_up_serves_onboards_with_one_command_and_ctrl_c_stops_both(tmp_path: Pat
     env = {**os.environ, "TENANTSERVE_ADMIN_TOKEN": TOKEN, "TENANTSERVE_STATE_DIR": str(tmp_path / "state")}
     cli = [sys.executable, "-m", "tenantserve"]
     proc = subprocess.Popen([*cli, "up", "--registry", str(registry), "--port", str(port),
-                             "--sidecar-port", str(sidecar_port)], env=env, stdout=(tmp_path / "up.log").open("wb"),
+                             "--sidecar-port", str(sidecar_port), "--adapters-root", str(tmp_path / "tenants")], env=env, stdout=(tmp_path / "up.log").open("wb"),
                             stderr=subprocess.STDOUT)
     engine, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sidecar_port}"
     try:
@@ -44,10 +44,9 @@ def test_up_serves_onboards_with_one_command_and_ctrl_c_stops_both(tmp_path: Pat
             assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "tenantserve up did not come up"
             time.sleep(0.5)
-        adapter = tmp_path / "initech-sql"
-        shutil.copytree(EMBEDDED / "adapters" / "sql", adapter)
+        shutil.copytree(EMBEDDED / "adapters" / "sql", tmp_path / "tenants" / "initech" / "sql")
         base_fp = fingerprint(Registry.load(registry).base_path).value
-        add = subprocess.run([*cli, "adapters", "add", "--url", admin, "initech", "initech-sql", str(adapter),
+        add = subprocess.run([*cli, "adapters", "add", "--url", admin, "initech", "initech-sql", "sql",  # relative
                               "--base-fingerprint", base_fp],
                              env=env, capture_output=True, text=True, timeout=300)
         assert add.returncode == 0, add.stderr

@@ -23,7 +23,8 @@ class SidecarThread:
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics = CollectorRegistry()
         values: dict = {"admin_token": TOKEN, "reconcile_interval": 2.0, "backoff_initial": 0.5,
-                        "backoff_max": 2.0, "drain_timeout": 20.0, **config}
+                        "backoff_max": 2.0, "drain_timeout": 20.0,
+                        "adapters_root": registry_path.parent / "adapters", **config}
         self.config = SidecarConfig(registry_path=registry_path, engine_url=engine_url, **values)
         self.app = create_app(self.config, metrics_registry=self.metrics, reconcile=reconcile)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))

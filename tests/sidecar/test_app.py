@@ -71,12 +71,12 @@ def test_admission_refusals_are_400_with_their_reason_and_change_nothing(
     sidecar: SidecarThread, make_adapter: Callable[..., Path], tmp_path: Path
 ) -> None:
     before = sidecar.config.registry_path.read_text()
-    no_config = tmp_path / "empty-adapter"
-    no_config.mkdir()
+    no_config = tmp_path / "adapters" / "acme" / "empty-adapter"
+    no_config.mkdir(parents=True)
     cases = {
-        "rank_too_high": str(make_adapter("big", rank=16)),
-        "not_lora": str(make_adapter("ia3", peft_type="IA3")),
-        "path_missing": str(tmp_path / "does-not-exist"),
+        "rank_too_high": str(make_adapter("acme/big", rank=16)),  # absolute, inside the tenant's folder
+        "not_lora": "ia3" if make_adapter("acme/ia3", peft_type="IA3") else "",  # relative to the tenant's folder
+        "path_missing": "does-not-exist",
         "config_missing": str(no_config),
     }
     with sidecar.client() as c:
@@ -92,7 +92,9 @@ def test_admission_refusals_are_400_with_their_reason_and_change_nothing(
 
 
 def test_duplicate_adapter_names_are_409(sidecar: SidecarThread, make_adapter: Callable[..., Path]) -> None:
-    other = str(make_adapter("other"))
+    make_adapter("acme/other")
+    make_adapter("globex/other")
+    other = "other"
     before = sidecar.config.registry_path.read_text()
     with sidecar.client() as c:
         c.post("/admin/tenants", json={"id": "globex"})

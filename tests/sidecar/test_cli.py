@@ -30,7 +30,7 @@ def test_adapters_list_shows_states(sidecar: SidecarThread) -> None:
 
 
 def test_refusals_are_one_line_with_exit_2(sidecar: SidecarThread, tmp_path: Path) -> None:
-    result = _run("adapters", "add", "--url", sidecar.url, "acme", "new", str(tmp_path / "missing"))
+    result = _run("adapters", "add", "--url", sidecar.url, "acme", "new", "missing")
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and "[path_missing]" in result.output
     wrong = _run("tenants", "list", "--url", sidecar.url, token="wrong")

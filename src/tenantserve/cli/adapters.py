@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import quote
 
 import click
@@ -37,11 +36,15 @@ def list_(url: str) -> None:
 @url_option
 @click.argument("tenant_id")
 @click.argument("name")
-@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("path")
 @click.option("--base-fingerprint", default=None, help="Fingerprint of the base the adapter was trained on.")
-def add(url: str, tenant_id: str, name: str, path: Path, base_fingerprint: str | None) -> None:
-    """Onboard adapter NAME at PATH for TENANT_ID; returns once it answers requests (no engine restart)."""
-    body = {"name": name, "path": str(path.resolve()), "base_fingerprint": base_fingerprint}
+def add(url: str, tenant_id: str, name: str, path: str, base_fingerprint: str | None) -> None:
+    """Onboard adapter NAME at PATH for TENANT_ID; returns once it answers requests (no engine restart).
+
+    PATH is on the sidecar's host, relative to the tenant's folder ADAPTERS_ROOT/TENANT_ID (the sidecar's
+    --adapters-root); an absolute PATH must lie inside that folder. Nothing in it may link outside the folder.
+    """
+    body = {"name": name, "path": path, "base_fingerprint": base_fingerprint}
     a = AdminClient(url).call("POST", f"/admin/tenants/{quote(tenant_id)}/adapters", body)
     click.echo(f"adapter {a['name']} (tenant {a['tenant']}): {a['state']}, "
                f"load {_ms(a['load_seconds'])}, warm-up {_ms(a['warmup_seconds'])}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from tenantserve.cli.options import host_option, port_option, registry_option
-from tenantserve.cli.sidecar import insecure_option
+from tenantserve.cli.sidecar import adapters_root_option, insecure_option
 from tenantserve.launcher import plan_launch
 from tenantserve.registry import Registry
 from tenantserve.settings import Settings
@@ -24,8 +24,9 @@ _defaults = Settings()
 @port_option
 @click.option("--sidecar-port", type=click.IntRange(1, 65535), default=_defaults.sidecar_port, show_default=True,
               help="Port of the sidecar's admin API (env TENANTSERVE_SIDECAR_PORT).")
+@adapters_root_option
 @insecure_option
-def command(registry_path: Path, host: str, port: int, sidecar_port: int, insecure: bool) -> None:
+def command(registry_path: Path, host: str, port: int, sidecar_port: int, adapters_root: Path, insecure: bool) -> None:
     """Start the engine from the registry and the sidecar beside it; Ctrl-C stops both.
 
     The engine's log goes to .tenantserve/engine.log (TENANTSERVE_STATE_DIR). The admin API is on
@@ -34,7 +35,7 @@ def command(registry_path: Path, host: str, port: int, sidecar_port: int, insecu
     settings = Settings()
     engine_url = f"http://127.0.0.1:{port}"
     config = SidecarConfig.from_settings(settings, insecure=insecure, registry_path=registry_path,
-                                         engine_url=engine_url)
+                                         engine_url=engine_url, adapters_root=adapters_root.absolute())
     plan = plan_launch(Registry.load(registry_path), host=host, port=port)
     for warning in plan.warnings:
         click.echo(f"tenantserve: warning: {warning}", err=True)

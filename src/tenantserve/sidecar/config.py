@@ -27,8 +27,10 @@ class SidecarConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     load_concurrency: int = 4
-    #: When set, onboarded adapter directories must resolve inside it (admission's ``path_escape``).
-    adapters_root: Path | None = None
+    #: Runtime onboarding reads adapters only from ``<adapters_root>/<tenant id>/...`` (``sidecar.ownership``).
+    adapters_root: Path = Path("adapters")
+    #: Token that may read /metrics from off loopback (besides the admin token).
+    metrics_token: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, insecure: bool = False, **overrides: object) -> SidecarConfig:
@@ -46,6 +48,8 @@ class SidecarConfig:
             "insecure": insecure,
             "reconcile_interval": settings.reconcile_interval,
             "drain_timeout": settings.drain_timeout,
+            "adapters_root": settings.adapters_root.absolute(),
+            "metrics_token": settings.metrics_token.get_secret_value() if settings.metrics_token else None,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -18,7 +18,9 @@ class TenantCreate(_Body):
 
 class AdapterCreate(_Body):
     name: str = Field(pattern=NAME_PATTERN, description="OpenAI model name, e.g. `acme-sql@v2`.")
-    path: str = Field(min_length=1, description="Adapter directory; relative paths are relative to the registry file.")
+    path: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00]*$",
+                      description="Adapter directory, relative to the tenant's folder `<adapters root>/<tenant id>` "
+                      "on the sidecar's host; an absolute path must lie inside that folder.")
     base_fingerprint: str | None = Field(default=None, description="Fingerprint of the base it was trained on.")
     allow_unverified_base: bool = Field(default=False, description="Serve it although it declares no base.")
 

@@ -1,6 +1,7 @@
 """The admin operations: onboard and offboard tenants and adapters on a running engine, persisted in the registry.
 
-Onboarding: admission checks, load through vLLM, confirm it is listed and answers a one-token warm-up, then persist;
+Onboarding: the path-ownership rule (``ownership``: only from ``<adapters root>/<tenant>``, nothing resolving outside
+it, nothing overlapping another tenant's adapter), admission checks, load through vLLM, confirm it is listed and answers a one-token warm-up, then persist;
 any failure after the load unloads it again, so a refused request changes nothing. Offboarding: persist the removal
 first (so a crash cannot resurrect it), unload (vLLM forgets the name: new requests get 404 at once; requests in flight
 keep their adapter and finish), then wait, bounded, until vLLM reports none of its requests running or waiting.
@@ -10,6 +11,7 @@ Every operation holds the adapter's (or tenant's) lock, so concurrent calls seri
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +24,7 @@ from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.engine_client import EngineClient
 from tenantserve.sidecar.errors import Conflict, NotFound, NotServable
 from tenantserve.sidecar.metrics import SidecarMetrics
+from tenantserve.sidecar.ownership import Layout, check, inspect, requested_dir, tenant_folder
 from tenantserve.sidecar.protocol import AdapterCreate, OffboardView, TenantCreate
 from tenantserve.sidecar.state import AdapterState, AdapterStatus, StatusBoard
 from tenantserve.sidecar.store import RegistryStore
@@ -35,9 +38,31 @@ class AdminService:
         self.base = base
 
     def admit(self, registry: Registry, adapter: AdapterSpec) -> object:
-        """The admission checks against the engine's slot rank and the base read at start."""
-        return admit(registry, adapter, max_lora_rank=self.max_lora_rank, base=self.base,
-                     adapters_root=self.config.adapters_root)
+        """The reconciler's check before a (re)load: an adapter registered inside its tenant's folder is checked
+        again for escaping links (the tenant may have swapped files since); one the operator registered elsewhere is
+        trusted. Then the admission checks against the engine's slot rank and the base read at start."""
+        found = registry.find_adapter(adapter.name)
+        if found is not None:
+            folder = tenant_folder(self.config.adapters_root, found[0].id)
+            path = registry.adapter_path(adapter)
+            try:
+                requested_dir(folder, str(path))
+            except TenantserveError:
+                pass  # operator-trusted: outside the tenant's folder
+            else:
+                check(f"adapter '{adapter.name}'", inspect(folder, path), ())
+        return self._admit(registry, adapter)
+
+    def _admit(self, registry: Registry, adapter: AdapterSpec) -> object:
+        return admit(registry, adapter, max_lora_rank=self.max_lora_rank, base=self.base)
+
+    def _check_ownership(self, registry: Registry, tenant_id: str, spec: AdapterSpec, folder: Path) -> Layout:
+        """The ownership rule for a runtime onboarding (reads the disk: run in a thread)."""
+        others = [(t.id, os.path.realpath(registry.adapter_path(a))) for t, a in registry.adapters()
+                  if t.id != tenant_id]
+        layout = inspect(folder, spec.path)
+        check(f"adapter '{spec.name}'", layout, others)
+        return layout
 
     @asynccontextmanager
     async def _operation(self, name: str) -> AsyncIterator[dict[str, str]]:
@@ -108,9 +133,11 @@ class AdminService:
         async with self._operation("onboard_adapter") as outcome, self.store.lock(f"adapter:{body.name}"):
             registry = await self._registry()
             self._tenant(registry, tenant_id)
-            spec = AdapterSpec(name=body.name, path=Path(body.path), base_fingerprint=body.base_fingerprint,
+            folder = tenant_folder(self.config.adapters_root, tenant_id)
+            spec = AdapterSpec(name=body.name, path=requested_dir(folder, body.path),
+                               base_fingerprint=body.base_fingerprint,
                                allow_unverified_base=body.allow_unverified_base)
-            path = str(registry.adapter_path(spec))
+            path = str(spec.path)
             if body.name == registry.base.name:
                 raise Conflict(f"'{body.name}' is the base model's name", code="adapter_exists")
             registered = registry.find_adapter(body.name)
@@ -121,7 +148,8 @@ class AdminService:
                 if not same:
                     raise Conflict(f"adapter '{body.name}' is already registered (tenant {owner.id}, "
                                    f"path {registry.adapter_path(current)})", code="adapter_exists")
-            await asyncio.to_thread(self.admit, registry, spec)
+            await asyncio.to_thread(self._check_ownership, registry, tenant_id, spec, folder)
+            await asyncio.to_thread(self._admit, registry, spec)
             status = await self._make_servable(tenant_id, body.name, path, persist=registered is None, spec=spec)
             outcome["result"] = "created" if registered is None else "unchanged"
             return status, registered is None
