@@ -154,6 +154,15 @@ def test_a_folder_that_resolves_outside_the_allowed_root_is_refused(store: Adapt
     with pytest.raises(AdapterError) as info:
         store.put(root, inside=root)
     assert info.value.code == "path_escape"
+    # a file linked out of the folder escapes too, even when links are followed; a link that stays inside is fine
+    (folder / "adapter_model.safetensors").rename(folder / "weights.bin")
+    (folder / "adapter_model.safetensors").symlink_to(folder / "weights.bin")
+    assert store.put(folder, inside=root).path.parent == store.root
+    (folder / "adapter_model.safetensors").unlink()
+    (folder / "adapter_model.safetensors").symlink_to(tmp_path / "outside" / "x" / "adapter_model.safetensors")
+    with pytest.raises(AdapterError) as info:
+        store.put(folder, inside=root)
+    assert info.value.code == "path_escape"
 
 
 def test_a_fifo_or_directory_in_place_of_a_file_is_refused_without_hanging(store: AdapterStore, folder: Path) -> None:

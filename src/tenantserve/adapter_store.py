@@ -233,6 +233,7 @@ class _Folder:
 
     def __init__(self, fd: int, path: Path, label: str) -> None:
         self.fd, self.path, self.label = fd, path, label
+        self.top: Path | None = None  # every opened file must really be inside it (links followed)
 
     @classmethod
     def open(cls, source: Path, label: str, inside: Path | None) -> _Folder:
@@ -242,14 +243,14 @@ class _Folder:
             raise AdapterError(f"{label}: path {source} is not a directory", code="path_missing") from None
         except OSError as exc:
             raise AdapterError(f"{label}: cannot open {source}: {exc.strerror}", code="unreadable") from None
-        real = Path(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists(f"/proc/self/fd/{fd}") else \
-            Path(os.path.realpath(source))
-        if inside is not None:
-            top = Path(os.path.realpath(inside))
-            if real == top or top not in real.parents:
-                os.close(fd)
-                raise AdapterError(f"{label}: path {source} resolves outside {inside}", code="path_escape")
-        return cls(fd, real, label)
+        real = _real(fd, source)
+        top = Path(os.path.realpath(inside)) if inside is not None else None
+        if top is not None and (real == top or top not in real.parents):
+            os.close(fd)
+            raise AdapterError(f"{label}: path {source} resolves outside {inside}", code="path_escape")
+        folder = cls(fd, real, label)
+        folder.top = top
+        return folder
 
     def exists(self, name: str) -> bool:
         try:
@@ -291,8 +292,10 @@ class _Folder:
                 raise AdapterError(f"{self.label}: {where} is {st.st_size} bytes, above the limit of {limit}",
                                    code="file_too_large")
             os.set_blocking(fd, True)
-            real = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else where
-            key = FileKey(real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+            real = _real(fd, Path(where))
+            if self.top is not None and self.top not in real.parents:
+                raise AdapterError(f"{self.label}: {where} resolves outside {self.top}", code="path_escape")
+            key = FileKey(str(real), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
             return _Open(name, fd, st.st_size, key)
         except BaseException:
             os.close(fd)
@@ -324,6 +327,12 @@ def _hash_into(f: _Open, out: object, limit: int, label: str) -> str:
     except OSError as exc:
         raise AdapterError(f"{label}: cannot read {f.name}: {exc.strerror}", code="unreadable") from None
     return digest.hexdigest()
+
+
+def _real(fd: int, fallback: Path) -> Path:
+    """Where an open file or directory really is (what was opened, not what the path names now)."""
+    proc = f"/proc/self/fd/{fd}"
+    return Path(os.readlink(proc)) if os.path.exists(proc) else Path(os.path.realpath(fallback))
 
 
 def _close(opened: Mapping[str, _Open]) -> None:
