@@ -76,7 +76,7 @@ class AdapterStore:
 
     def __init__(self, root: Path, *, cache: FingerprintCache | None = None,
                  max_weights_bytes: int = MAX_WEIGHTS_BYTES, max_config_bytes: int = MAX_CONFIG_BYTES) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # absolute: the engine lists adapters by the path they were loaded from
         self.cache = cache
         self.limits = {CONFIG_NAME: max_config_bytes, STAMP_NAME: max_config_bytes, WEIGHTS_NAME: max_weights_bytes}
 
