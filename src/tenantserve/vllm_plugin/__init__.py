@@ -53,6 +53,7 @@ class EnginePlugin:
     def metrics(self) -> EngineMetrics:
         metrics = EngineMetrics.create(self.collector_registry)
         metrics.touch(sorted(self.labels.known))
+        self.labels.on_new = metrics.touch  # registered later (sidecar, hand edit): series at zero at once
         return metrics
 
     def attach_scheduler(self, module: ModuleType) -> None:

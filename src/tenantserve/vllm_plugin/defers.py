@@ -104,6 +104,7 @@ def install(scheduler_cls: type, recorder: DeferRecorder) -> bool:
     def schedule(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.lora_config:
             return original(self, *args, **kwargs)
+        safely(recorder.labels.refresh)  # one stat: a newly registered adapter gets its series at once
         log = self.deferred_waiting
         if not isinstance(log, SkipLog):
             log = self.deferred_waiting = SkipLog(log)
