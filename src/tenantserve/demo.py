@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from rich.table import Table
 from tenantserve import embedded
 from tenantserve.adapters import bytes_on_disk
 from tenantserve.engine.process import EngineProcess
+from tenantserve.errors import TenantserveError
 from tenantserve.launcher import plan_launch
 from tenantserve.memory import (LLAMA2_7B_BYTES, LinearShapes, adapter_bills, adapter_bytes, human_bytes,
                                 llama2_7b_shapes)
@@ -63,13 +65,37 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+class DemoError(TenantserveError):
+    """The demo cannot run as configured."""
+
+    exit_code = 2
+
+
+def demo_api_key(registry: Registry, environ: Mapping[str, str]) -> str:
+    """The key the demo's client sends: any string when the registry has auth off; with auth on, the admin token
+    (which the tenant middleware lets reach every model). Raises ``DemoError`` (exit 2) when it is not set."""
+    security = registry.security
+    if not security.auth:
+        return "demo"
+    token = environ.get(security.admin_token_env)
+    if not token:
+        raise DemoError(
+            f"this registry has security.auth on, so the engine wants a key: export {security.admin_token_env} "
+            "(e.g. $(openssl rand -hex 32)) and run the demo again; it then starts the engine with that admin token "
+            "and uses it (or run the demo on a loopback registry with `security: {auth: false}`)",
+            code="admin_token_missing")
+    return token
+
+
 class Demo:
-    def __init__(self, registry: Registry, *, console: Console, port: int, log_path: Path, timeout: float) -> None:
+    def __init__(self, registry: Registry, *, console: Console, port: int, log_path: Path, timeout: float,
+                 api_key: str = "demo") -> None:
         self.registry = registry
         self.console = console
         self.port = port
         self.log_path = log_path
         self.timeout = timeout
+        self.api_key = api_key
         self.failures: list[str] = []
 
     def run(self) -> bool:
@@ -103,7 +129,7 @@ class Demo:
     async def _experiments(self) -> None:
         base, sql = self.registry.base.name, embedded.SQL_ADAPTER
         others = [a.name for _, a in self.registry.adapters() if a.name != sql]
-        async with AsyncOpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="demo") as client:
+        async with AsyncOpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=self.api_key) as client:
             self._section("1. one batch, two behaviours: request 0 on the base, request 1 on the SQL adapter")
             out = await complete_together(client, [(base, embedded.FRUIT_PROMPT), (sql, embedded.SQL_PROMPT)])
             self._show(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import click
 from rich.console import Console
 
 from tenantserve.cli.options import registry_option
-from tenantserve.demo import Demo, free_port
+from tenantserve.demo import Demo, demo_api_key, free_port
 from tenantserve.registry import Registry
 from tenantserve.settings import Settings
 
@@ -23,14 +24,18 @@ def command(registry_path: Path, port: int) -> None:
     one batch, swap their tags, overfill the adapter slots, print the memory bill, stop the engine.
 
     Exits 0 when the base says 'apple, banana, orange' and the SQL adapter says 'SELECT name FROM users;'.
+    On a registry with security.auth on, the demo's client uses the admin token (env named by
+    security.admin_token_env, default TENANTSERVE_ADMIN_TOKEN); without it, exit 2 and one line saying so.
     """
     settings = Settings()
     registry = Registry.load(registry_path)
+    api_key = demo_api_key(registry, os.environ)
     demo = Demo(
         registry,
         console=Console(),
         port=port or free_port(),
         log_path=settings.state_dir / "demo-engine.log",
         timeout=settings.ready_timeout,
+        api_key=api_key,
     )
     sys.exit(0 if demo.run() else 1)
