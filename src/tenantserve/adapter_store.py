@@ -368,7 +368,7 @@ def admit_stored(registry: Registry, adapter: AdapterSpec, store: AdapterStore, 
     ``admit``'s (run on the copy) and ``put``'s. Serve ``stored.path``, never the folder."""
     label = f"adapter '{adapter.name}'"
     folder = registry.adapter_path(adapter)
-    pinned = getattr(adapter, "fingerprint", None)
+    pinned = adapter.fingerprint
     if pinned:
         _require_pin(label, folder, pinned, store.digest(folder, label=label, follow_symlinks=follow_symlinks,
                                                          inside=inside))

@@ -72,9 +72,8 @@ class ServedContent:
 
     def expected(self, adapter: AdapterSpec, folder: Path, served: str | None) -> str | None:
         """The content ``adapter`` must still have: pinned, else last loaded here, else what the engine serves."""
-        pinned = getattr(adapter, "fingerprint", None)  # TODO: plain attribute once the registry field lands
-        if pinned:
-            return pinned
+        if adapter.fingerprint:
+            return adapter.fingerprint
         loaded = self._loaded.get(adapter.name)
         if loaded is not None and loaded[0] == folder:
             return loaded[1]
