@@ -1,0 +1,191 @@
+"""``verify``: one model, dedicated vs consolidated, prompt by prompt.
+
+Resolves what to compare from the registry, runs the dedicated side in this process, runs the consolidated side on
+the given engine (or on one started from the registry for the run and stopped after), and compares (``compare``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tenantserve.errors import AdapterError, TenantserveError
+from tenantserve.registry import Registry
+from tenantserve.verify.compare import Generation, PromptDiff, compare, default_tolerance
+from tenantserve.verify.consolidated import Consolidated, EngineResult
+from tenantserve.verify.dedicated import DedicatedModel
+from tenantserve.verify.prompts import PromptCase, PromptsError, default_prompts_path, load_prompts
+
+
+class AdminTokenMissing(TenantserveError):
+    """A secured engine was named but no admin token is set (exit 2)."""
+
+    code = "admin_token_missing"
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """What to verify. ``engine_url`` None: start an engine from the registry for the run."""
+
+    model: str
+    registry_path: Path
+    engine_url: str | None = None
+    prompts: Path | None = None
+    dedicated_base: Path | None = None
+    top_k: int = 5
+    tolerance: float | None = None
+    engine_log: Path = Path(".tenantserve/verify-engine.log")
+    ready_timeout: float = 300.0
+    engine_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromptReport:
+    case: PromptCase
+    dedicated: Generation
+    consolidated: Generation
+    diff: PromptDiff
+    companions: tuple[str, ...]
+    mixed_with: tuple[str, ...]
+
+    @property
+    def mixed(self) -> bool:
+        """Every companion ran in the engine's batch for this request's whole life."""
+        return bool(self.companions) and set(self.mixed_with) == set(self.companions)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    model: str
+    is_base: bool
+    dedicated_base: Path
+    engine_url: str
+    tolerance: float
+    top_k: int
+    rows: list[PromptReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.diff.passed for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "is_base": self.is_base, "dedicated_base": str(self.dedicated_base),
+            "engine_url": self.engine_url, "tolerance": self.tolerance, "top_k": self.top_k, "ok": self.ok,
+            "prompts": [{
+                "prompt": r.case.prompt, "max_tokens": r.case.max_tokens, "passed": r.diff.passed,
+                "agreed_tokens": r.diff.agreed, "diverged_at": r.diff.diverged_at,
+                "max_logprob_diff": r.diff.max_logprob_diff, "reason": r.diff.reason,
+                "dedicated": r.dedicated.text, "consolidated": r.consolidated.text,
+                "dedicated_tokens": r.dedicated.token_ids, "consolidated_tokens": r.consolidated.token_ids,
+                "companions": list(r.companions), "mixed_with": list(r.mixed_with),
+            } for r in self.rows],
+        }
+
+
+def companions_for(registry: Registry, model: str, served: list[str]) -> list[str]:
+    """Models to mix into the target's batches: the base (for an adapter) and as many other adapters as the slots
+    hold beside it, in registry order, among those the engine serves. Pure."""
+    is_base = model == registry.base.name
+    slots = registry.engine.max_loras - (0 if is_base else 1)
+    others = [a.name for _, a in registry.adapters() if a.name != model and a.name in served][:slots]
+    base = [] if is_base or registry.base.name not in served else [registry.base.name]
+    return base + others
+
+
+def resolve_prompts(request: VerifyRequest, registry: Registry) -> list[PromptCase]:
+    if request.prompts is not None:
+        return load_prompts(request.prompts)
+    path = default_prompts_path(registry.source, request.model)
+    if path is None or not path.is_file():
+        raise PromptsError(f"no prompt set for '{request.model}': pass --prompts FILE (JSON lines, "
+                           f"{{\"prompt\": ..., \"max_tokens\": ...}}) or create {path}")
+    return load_prompts(path)
+
+
+def verify(request: VerifyRequest, *, progress: Callable[[str], None] = lambda _: None) -> VerifyReport:
+    """Run both sides and compare. Raises typed errors: bad input (exit 2), engine unreachable or not starting (3)."""
+    registry = Registry.load(request.registry_path)
+    is_base = request.model == registry.base.name
+    found = registry.find_adapter(request.model)
+    if not is_base and found is None:
+        known = ", ".join([registry.base.name] + [a.name for _, a in registry.adapters()])
+        raise AdapterError(f"no adapter '{request.model}' in {request.registry_path} (known: {known})",
+                           code="adapter_unknown")
+    cases = resolve_prompts(request, registry)
+    base_dir = request.dedicated_base or registry.base_path
+    adapter_dir = None if found is None else registry.adapter_path(found[1])
+    token = _admin_token(registry)
+    if registry.security.auth and request.engine_url is not None and token is None:
+        raise AdminTokenMissing(f"the registry has security.auth on: set {registry.security.admin_token_env} to "
+                                "the engine's admin token")
+
+    progress(f"dedicated: {base_dir}" + (f" + {adapter_dir}" if adapter_dir else "") + " (transformers, float32)")
+    dedicated_model = DedicatedModel(base_dir, adapter_dir).load()
+    dedicated = [dedicated_model.generate(c, top_k=request.top_k) for c in cases]
+    del dedicated_model
+
+    with _engine(request, registry, token, progress) as (url, token):
+        client = Consolidated(url, api_key=token, top_k=request.top_k)
+        served = client.served_models()
+        if request.model not in served:
+            raise AdapterError(f"the engine at {url} does not serve '{request.model}'", code="model_not_served")
+        companions = companions_for(registry, request.model, served)
+        progress(f"consolidated: {url}, '{request.model}' mixed with {', '.join(companions) or 'nothing'}")
+        consolidated: list[EngineResult] = client.run(request.model, cases, companions)
+
+    tolerance = request.tolerance if request.tolerance is not None else \
+        default_tolerance(registry.engine.dtype, _config_dtype(registry.base_path))
+    rows = [PromptReport(case, d, c.generation, compare(d, c.generation, tolerance=tolerance), c.companions,
+                         c.mixed_with) for case, d, c in zip(cases, dedicated, consolidated)]
+    return VerifyReport(request.model, is_base, base_dir, request.engine_url or "(started for this run)", tolerance,
+                        request.top_k, rows)
+
+
+def _admin_token(registry: Registry) -> str | None:
+    return os.environ.get(registry.security.admin_token_env) or None
+
+
+@contextmanager
+def _engine(request: VerifyRequest, registry: Registry, token: str | None,
+            progress: Callable[[str], None]) -> Iterator[tuple[str, str | None]]:
+    """The engine to talk to: the given URL, or one started from the registry on a free port and stopped after."""
+    if request.engine_url is not None:
+        yield request.engine_url.rstrip("/"), token if registry.security.auth else None
+        return
+    from tenantserve.demo import free_port
+    from tenantserve.engine.process import EngineProcess
+    from tenantserve.launcher import plan_launch
+
+    port = free_port()
+    env = dict(request.engine_env)
+    if registry.security.auth:  # our own engine: our own admin token when none is set
+        token = token or "tsverify-" + secrets.token_hex(24)
+        env[registry.security.admin_token_env] = token
+    plan = plan_launch(registry, port=port)
+    url = f"http://127.0.0.1:{port}"
+    engine = EngineProcess(plan, base_url=url, log_path=request.engine_log, extra_env=env)
+    progress(f"starting the engine from {request.registry_path} (log: {request.engine_log})")
+    engine.start()
+    try:
+        took = engine.wait_ready(request.ready_timeout)
+        progress(f"engine ready in {took:.1f} s")
+        yield url, token if registry.security.auth else None
+    finally:
+        engine.stop()
+
+
+def _config_dtype(base_dir: Path) -> str | None:
+    try:
+        config = json.loads((base_dir / "config.json").read_text())
+        dtype = config.get("dtype") or config.get("torch_dtype")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dtype if isinstance(dtype, str) else None
