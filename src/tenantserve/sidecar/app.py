@@ -51,8 +51,8 @@ def create_app(config: SidecarConfig, *, metrics_registry: CollectorRegistry | N
         metrics = SidecarMetrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
         store = RegistryStore(config.registry_path)
         registry = await asyncio.to_thread(store.load)
-        engine = EngineClient(config.engine_url, token=config.admin_token, timeout=config.request_timeout,
-                              transport=engine_transport)
+        engine = EngineClient(config.engine_url, token=config.admin_token, send_token=registry.security.auth,
+                              timeout=config.request_timeout, transport=engine_transport)
         board = StatusBoard(metrics)
         base, app.state.base_check = await asyncio.to_thread(read_served_base, registry, metrics)
         service = AdminService(store, engine, board, metrics, config, max_lora_rank=slot_rank(registry), base=base)

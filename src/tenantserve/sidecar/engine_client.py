@@ -2,19 +2,30 @@
 
 vLLM answers a load with 400 when the name is taken, 404 when the path is not an adapter, and 500 for everything the
 engine itself refuses (rank above ``max_lora_rank``, unknown target modules). Those become typed errors here, once.
-The admin token goes on every call: the tenant middleware locks load/unload to it. ``load_inplace`` is never sent
-(with it, vLLM would reload the adapter from disk on every step).
+``load_inplace`` is never sent (with it, vLLM would reload the adapter from disk on every step).
+
+The admin token goes only to a server that proved it is this engine: before the first call that carries it (and
+again after any connection failure or failed health check, since another program may hold the port by then), the
+client sends a fresh nonce to ``POST /tenantserve/identity`` and checks the answer with ``identity.verify`` against
+the engine URL's port. Until that succeeds, nothing with the token is sent (``EngineUnverified``). When the registry
+says ``security.auth: false`` there is no middleware and vLLM checks no token: then no token is sent at all.
+``/health`` never carries it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tenantserve import identity
 from tenantserve.errors import AdapterError, EngineError
+
+log = logging.getLogger("tenantserve.sidecar")
 
 _RANK = re.compile(r"rank (\d+) is greater than max_lora_rank (\d+)")
 
@@ -24,22 +35,76 @@ class AdapterAlreadyLoaded(EngineError):
     http_status = 409
 
 
+class EngineUnverified(EngineError):
+    """The server at the engine URL did not prove it holds the admin token: it is not sent the token."""
+
+    code = "engine_unverified"
+
+
 class EngineClient:
-    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 120.0,
+    def __init__(self, base_url: str, *, token: str | None = None, send_token: bool = True, timeout: float = 120.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
-                                         transport=transport)
+        url = httpx.URL(self.base_url)
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self._token = token
+        #: The registry's ``security.auth``: False means plain vLLM, which is sent no token at all.
+        self.send_token = send_token
+        #: True once the server at ``base_url`` answered the identity challenge; reset on any connection failure.
+        self.verified = False
+        self._verify_lock = asyncio.Lock()
+        self._unverified_logged = False
+        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def healthy(self) -> bool:
+        """``/health`` answers 200 (no token sent). A failure forgets the engine's proven identity."""
         try:
-            return (await self._client.get("/health", timeout=2.0)).status_code == 200
+            ok = (await self._client.get("/health", timeout=2.0)).status_code == 200
         except httpx.HTTPError:
-            return False
+            ok = False
+        if not ok:
+            self.verified = False
+        return ok
+
+    async def verify(self) -> None:
+        """Challenge the server at ``base_url`` (no token sent); raise ``EngineUnverified`` unless it proves it holds
+        the admin token for this port. Logs one line when an engine turns out unverified, one when it is proven."""
+        async with self._verify_lock:
+            if self.verified or self._token is None:
+                return
+            nonce = identity.new_nonce()
+            try:
+                resp = await self._client.post(identity.IDENTITY_ROUTE, json={"nonce": nonce}, timeout=10.0)
+            except httpx.HTTPError as exc:
+                raise EngineError(f"engine at {self.base_url} unreachable: {exc!r}") from None
+            try:
+                answer = resp.json().get("proof") if resp.status_code == 200 else None
+            except (ValueError, AttributeError):
+                answer = None
+            if not identity.verify(self._token, nonce, self.port, answer):
+                message = (f"the server at {self.base_url} did not prove it is this tenantserve engine (HTTP "
+                           f"{resp.status_code} on {identity.IDENTITY_ROUTE}): the admin token is not sent to it")
+                if not self._unverified_logged:
+                    log.error("%s; retrying", message)
+                    self._unverified_logged = True
+                raise EngineUnverified(message)
+            self.verified, self._unverified_logged = True, False
+            log.info("the engine at %s proved its identity; sending it the admin token", self.base_url)
+
+    @property
+    def needs_proof(self) -> bool:
+        """Is there a token to send (so the engine must prove its identity first)?"""
+        return self._token is not None and self.send_token
+
+    async def _headers(self) -> dict[str, str]:
+        """The Authorization header, once the engine is proven; none when the engine checks no token."""
+        if not self.needs_proof:
+            return {}
+        await self.verify()
+        return {"Authorization": f"Bearer {self._token}"}
 
     async def models(self) -> tuple[str | None, dict[str, str]]:
         """(base model name, {adapter name: path}) as listed by ``/v1/models``: the actual state."""
@@ -91,7 +156,7 @@ class EngineClient:
 
         Read from vLLM's ``vllm:lora_requests_info`` (newest label set) and ``vllm:num_requests_*`` gauges.
         """
-        resp = await self._client.get("/metrics", timeout=10.0)
+        resp = await self._client.get("/metrics", timeout=10.0, headers=await self._headers())
         resp.raise_for_status()
         in_flight = 0.0
         newest: tuple[float, set[str]] = (-1.0, set())
@@ -106,18 +171,22 @@ class EngineClient:
         return None if in_flight == 0 else newest[1]
 
     async def _get_json(self, path: str) -> dict:
+        headers = await self._headers()
         try:
-            resp = await self._client.get(path)
+            resp = await self._client.get(path, headers=headers)
         except httpx.HTTPError as exc:
+            self.verified = False
             raise EngineError(f"engine at {self.base_url} unreachable: {exc!r}") from None
         if resp.status_code != 200:
             raise EngineError(f"GET {path}: HTTP {resp.status_code}: {_message(resp)}")
         return resp.json()
 
     async def _post(self, path: str, body: dict) -> httpx.Response:
+        headers = await self._headers()
         try:
-            return await self._client.post(path, json=body)
+            return await self._client.post(path, json=body, headers=headers)
         except httpx.HTTPError as exc:
+            self.verified = False
             raise EngineError(f"engine at {self.base_url} unreachable: {exc!r}") from None
 
 

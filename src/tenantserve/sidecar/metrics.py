@@ -33,7 +33,8 @@ class SidecarMetrics:
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
         self.reconcile_runs = Counter(
-            "tenantserve_reconcile_runs", "Reconciler passes by outcome (ok, error, engine_down, registry_invalid).",
+            "tenantserve_reconcile_runs",
+            "Reconciler passes by outcome (ok, error, engine_down, engine_unverified, registry_invalid).",
             ("result",), registry=registry,
         )
         self.reconcile_errors = Counter(

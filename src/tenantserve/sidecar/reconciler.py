@@ -1,6 +1,7 @@
 """Converge the engine to the registry: desired (the file) vs actual (``/v1/models``), continuously.
 
-``diff`` is the pure core. ``Reconciler`` runs it on start, every ``reconcile_interval``, when the registry file
+``diff`` is the pure core. A pass whose engine does not prove its identity ends as ``engine_unverified`` (nothing is
+sent to it with the admin token; the next pass tries again). ``Reconciler`` runs it on start, every ``reconcile_interval``, when the registry file
 changes, when the engine comes back healthy (a restart forgets every runtime-loaded adapter), and when a failed
 adapter's backoff expires. It takes the adapter's lock before acting and re-checks the registry if an admin operation
 changed it meanwhile, so it never undoes an onboarding or offboarding in progress.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from tenantserve.errors import EngineError, RegistryError, TenantserveError
 from tenantserve.registry import AdapterSpec, Registry
 from tenantserve.sidecar.config import SidecarConfig
-from tenantserve.sidecar.engine_client import AdapterAlreadyLoaded, EngineClient
+from tenantserve.sidecar.engine_client import AdapterAlreadyLoaded, EngineClient, EngineUnverified
 from tenantserve.sidecar.metrics import SidecarMetrics
 from tenantserve.sidecar.state import AdapterState, StatusBoard
 from tenantserve.sidecar.store import RegistryStore
@@ -55,6 +56,9 @@ class ReconcileStatus:
     last_error: str | None = None
     last_plan: dict[str, list[str]] = field(default_factory=dict)
     engine_healthy: bool = False
+    #: The engine proved it holds the admin token (``identity``); False: it is sent no token, nothing is loaded;
+    #: None: no token to send (``security.auth: false``), nothing to prove.
+    engine_verified: bool | None = False
 
 
 class Reconciler:
@@ -127,19 +131,25 @@ class Reconciler:
             return result
 
     async def _pass(self) -> str:
-        try:
-            _, actual = await self.engine.models()
-        except EngineError as exc:
-            self.status.engine_healthy = False
-            self.status.last_error = str(exc)
-            return "engine_down"
-        self.status.engine_healthy = True
         generation = self.store.generation
         try:
             registry = await asyncio.to_thread(self.store.load)
         except RegistryError as exc:  # never act on a half-edited file: keep serving what is loaded
             self.status.last_error = str(exc)
             return "registry_invalid"
+        self.engine.send_token = registry.security.auth
+        try:
+            _, actual = await self.engine.models()
+        except EngineUnverified as exc:  # never send it the token; retried every pass
+            self.status.engine_verified = False
+            self.status.last_error = str(exc)
+            return "engine_unverified"
+        except EngineError as exc:
+            self.status.engine_healthy = self.status.engine_verified = False
+            self.status.last_error = str(exc)
+            return "engine_down"
+        self.status.engine_healthy = True
+        self.status.engine_verified = self.engine.verified if self.engine.needs_proof else None
         desired = {a.name: (t.id, str(registry.adapter_path(a))) for t, a in registry.adapters()}
         self.board.retain(set(desired))
         for name, (tenant, path) in desired.items():

@@ -73,7 +73,8 @@ async def list_adapters(svc: AdminService = Depends(service)) -> list[AdapterVie
 async def reconcile_status(request: Request) -> dict:
     s = request.app.state.reconciler.status
     return {"runs": s.runs, "last_result": s.last_result, "last_run_at": s.last_run_at, "last_seconds": s.last_seconds,
-            "last_error": s.last_error, "last_plan": s.last_plan, "engine_healthy": s.engine_healthy}
+            "last_error": s.last_error, "last_plan": s.last_plan, "engine_healthy": s.engine_healthy,
+            "engine_verified": s.engine_verified}
 
 
 @admin.post("/reconcile")
