@@ -9,6 +9,7 @@ import click
 
 from tenantserve.cli.options import host_option, port_option, registry_option
 from tenantserve.cli.sidecar import adapters_root_option, insecure_option
+from tenantserve.engine.process import check_port_free
 from tenantserve.launcher import plan_launch
 from tenantserve.registry import Registry
 from tenantserve.settings import Settings
@@ -29,13 +30,16 @@ _defaults = Settings()
 def command(registry_path: Path, host: str, port: int, sidecar_port: int, adapters_root: Path, insecure: bool) -> None:
     """Start the engine from the registry and the sidecar beside it; Ctrl-C stops both.
 
-    The engine's log goes to .tenantserve/engine.log (TENANTSERVE_STATE_DIR). The admin API is on
+    The engine's log goes to .tenantserve/engine.log (TENANTSERVE_STATE_DIR). A port already taken by another
+    program: exit 3 naming it, nothing started. The admin API is on
     http://127.0.0.1:SIDECAR_PORT (docs at /docs); manage tenants with `tenantserve tenants|adapters ...`.
     """
     settings = Settings()
     engine_url = f"http://127.0.0.1:{port}"
     config = SidecarConfig.from_settings(settings, insecure=insecure, registry_path=registry_path,
                                          engine_url=engine_url, adapters_root=adapters_root.absolute())
+    check_port_free(host, port)  # exit 3 before anything starts: the sidecar must never talk to a squatter
+    check_port_free(settings.sidecar_host, sidecar_port, what="the sidecar")
     plan = plan_launch(Registry.load(registry_path), host=host, port=port)
     for warning in plan.warnings:
         click.echo(f"tenantserve: warning: {warning}", err=True)

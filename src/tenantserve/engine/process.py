@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,6 +17,32 @@ import httpx
 from tenantserve.errors import EngineError
 from tenantserve.launcher import LaunchPlan
 from tenantserve.metrics import MULTIPROC_ENV, make_multiproc_dir
+
+
+class PortInUse(EngineError):
+    """Another program holds the port the engine (or sidecar) is to listen on."""
+
+    code = "port_in_use"
+
+
+def check_port_free(host: str, port: int, *, what: str = "the engine") -> None:
+    """Raise ``PortInUse`` naming the port if a program listens on it: on ``host`` (a test bind, released at once)
+    or on loopback (a connect), since the sidecar reaches the engine through 127.0.0.1 whatever ``host`` is."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "in use"
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} on {host} is already in use by another program; {what} cannot "
+                                f"listen there (pick another port or stop that program)") from None
+            raise EngineError(f"cannot bind {host}:{port} for {what}: {exc.strerror or exc}") from None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise PortInUse(f"port {port} on 127.0.0.1 is already in use by another program; {what} cannot "
+                            f"listen there (pick another port or stop that program)")
 
 
 class EngineProcess:
