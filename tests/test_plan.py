@@ -4,8 +4,10 @@ import pytest
 from click.testing import CliRunner
 
 from tenantserve.cli.plan import command
-from tenantserve.memory import GIB, LLAMA2_7B_BYTES, MIB, LinearShapes, llama2_7b_shapes
-from tenantserve.plan import PlanInput, gpus_for_base, make_plan
+from tenantserve.memory import (ALL_LINEAR_MODULES, DTYPE_BYTES, GIB, LLAMA2_7B_BYTES, MIB, LinearShapes,
+                                llama2_7b_shapes, registry_plan_values)
+from tenantserve.plan import PlanInput, Sourced, choose_inputs, gpus_for_base, make_plan
+from tenantserve.registry import Registry
 from tests.conftest import DEFAULT_REGISTRY
 
 
@@ -58,3 +60,45 @@ def test_shapes_from_config_with_gqa() -> None:
     shapes = LinearShapes.from_config({"hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
                                        "head_dim": 32, "intermediate_size": 128, "num_hidden_layers": 3})
     assert shapes.shapes["k_proj"] == (64, 32) and shapes.shapes["q_proj"] == (64, 64) and shapes.layers == 3
+
+
+def test_lab_figures_one_adapter_is_a_four_hundredth_of_the_base() -> None:
+    plan = make_plan(PlanInput(shapes=llama2_7b_shapes(), base_bytes=LLAMA2_7B_BYTES))
+    assert plan.adapter_bytes == 32 * MIB
+    assert 395 <= LLAMA2_7B_BYTES / plan.adapter_bytes <= 405  # the lab's "1/400 of the 12.55 GiB base"
+
+
+def test_inputs_come_from_options_then_registry_then_reference() -> None:
+    chosen = choose_inputs({"tenants": 7, "adapter_rank": None}, {"tenants": 3, "adapter_rank": 8, "max_loras": 2})
+    assert chosen["tenants"] == Sourced(7, "option")
+    assert chosen["adapter_rank"] == Sourced(8, "registry") and chosen["max_loras"] == Sourced(2, "registry")
+    assert chosen["max_cpu_loras"] == Sourced(40, "reference")
+    assert all(s.source == "reference" for s in choose_inputs({}, None).values())
+
+
+def test_registry_values_are_its_tenants_adapters_and_engine() -> None:
+    reg = Registry.load(DEFAULT_REGISTRY)
+    values = registry_plan_values(reg)
+    assert values["tenants"] == len(reg.tenants) and values["max_loras"] == reg.engine.max_loras
+    assert values["max_cpu_loras"] == reg.engine.max_cpu_loras
+    assert values["dtype_bytes"] == DTYPE_BYTES[reg.engine.dtype]
+    assert values["adapter_rank"] == 8 and set(values["target_modules"]) == set(ALL_LINEAR_MODULES)  # type: ignore[arg-type]
+
+
+def rows(output: str) -> dict[str, list[str]]:
+    return {cells[0]: cells[1:] for line in output.splitlines()
+            if (cells := [c.strip() for c in line.split("│")[1:-1]]) and cells[0]}
+
+
+def test_cli_plans_the_registry_and_says_where_each_value_comes_from() -> None:
+    reg = Registry.load(DEFAULT_REGISTRY)
+    res = CliRunner().invoke(command, ["--registry", str(DEFAULT_REGISTRY), "--tenants", "9"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    table = rows(res.output)
+    assert table["tenants"] == ["9", "option"]
+    assert table["max_loras"] == [str(reg.engine.max_loras), "registry"]
+    assert table["dtype_bytes"] == [str(DTYPE_BYTES[reg.engine.dtype]), "registry"]
+    assert f"slot reservation ({reg.engine.max_loras} x r=8, all linear layers)" in res.output
+    assert "9 tenants on demo-base" in res.output and "40 tenants" not in res.output
+    bad = CliRunner().invoke(command, ["--registry", str(DEFAULT_REGISTRY), "--rank", "16"])
+    assert bad.exit_code == 2 and "adapter rank 16 > max_lora_rank 8" in bad.output

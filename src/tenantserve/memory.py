@@ -20,6 +20,8 @@ GIB = 1024**3
 MIB = 1024**2
 #: Llama-2-7B's 6,738,415,616 parameters in fp16: the lab's 12.55 GiB base.
 LLAMA2_7B_BYTES = 6_738_415_616 * 2
+#: Every LoRA-targetable linear layer of a Llama block, in vLLM's order.
+ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,30 @@ def human_bytes(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
     return f"{int(n)} B"
+
+
+def registry_plan_values(registry: Registry) -> dict[str, object]:
+    """What a registry says about the planning inputs: its tenants, its largest adapter (rank, target modules, dtype
+    from its weights, or the engine's dtype when set), the engine knobs as the launcher resolves them.
+    One engine serves the whole registry. Raises ``AdapterError`` / ``RegistryError`` for unreadable entries."""
+    from tenantserve.adapters import AdapterConfig, weight_files
+    from tenantserve.launcher import resolve_knobs
+    from tenantserve.weights import dtype_bytes
+
+    configs = [(a, AdapterConfig.read(registry.adapter_path(a), name=a.name)) for _, a in registry.adapters()]
+    knobs = resolve_knobs(registry, {a.name: cfg.max_rank for a, cfg in configs})
+    values: dict[str, object] = {
+        "tenants": len(registry.tenants), "tenants_per_engine": max(1, len(registry.tenants)),
+        "max_loras": knobs.max_loras, "max_lora_rank": knobs.max_lora_rank, "max_cpu_loras": knobs.max_cpu_loras,
+    }
+    if configs:
+        spec, largest = max(configs, key=lambda pair: (pair[1].max_rank, len(pair[1].target_modules)))
+        values["adapter_rank"] = largest.max_rank
+        values["target_modules"] = ALL_LINEAR_MODULES if largest.all_linear else tuple(
+            m for m in largest.target_modules if m in ALL_LINEAR_MODULES)
+        files = [f for f in weight_files(registry.adapter_path(spec)) if f.suffix == ".safetensors"]
+        if files:
+            values["dtype_bytes"] = dtype_bytes(files[0], label=f"adapter '{spec.name}'")
+    if registry.engine.dtype in DTYPE_BYTES:  # the engine runs adapters in its own dtype
+        values["dtype_bytes"] = DTYPE_BYTES[registry.engine.dtype]
+    return values

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tenantserve.memory import GIB, LinearShapes, adapter_bytes
+from tenantserve.memory import ALL_LINEAR_MODULES, GIB, LinearShapes, adapter_bytes
 
-ALL_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_MODULES = ALL_LINEAR_MODULES
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,32 @@ def make_plan(p: PlanInput) -> Plan:
         consolidated_engines=engines,
         consolidated_gpus=engines * per_engine_gpus,
     )
+
+
+#: The lab's reference: 40 tenants of rank-16 q/k/v/o adapters in fp16, eight slots, every adapter in host memory.
+REFERENCE: dict[str, object] = {
+    "tenants": 40, "adapter_rank": 16, "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj"), "max_loras": 8,
+    "max_lora_rank": 16, "max_cpu_loras": 40, "dtype_bytes": 2, "tenants_per_engine": 40,
+}
+
+
+@dataclass(frozen=True)
+class Sourced:
+    """One planning input and where it came from: ``option`` (the command line), ``registry`` or ``reference``."""
+
+    value: object
+    source: str
+
+
+def choose_inputs(options: dict[str, object | None], registry: dict[str, object] | None) -> dict[str, Sourced]:
+    """Each input from the command line when given, else from the registry when planning one, else the lab's
+    reference. Pure."""
+    out = {}
+    for key, default in REFERENCE.items():
+        if options.get(key) is not None:
+            out[key] = Sourced(options[key], "option")
+        elif registry is not None and registry.get(key) is not None:
+            out[key] = Sourced(registry[key], "registry")
+        else:
+            out[key] = Sourced(default, "reference")
+    return out

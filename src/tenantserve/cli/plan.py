@@ -9,47 +9,65 @@ from rich.console import Console
 from rich.table import Table
 
 from tenantserve.adapters import bytes_on_disk
-from tenantserve.memory import GIB, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, human_bytes, llama2_7b_shapes
-from tenantserve.plan import PlanInput, make_plan
+from tenantserve.memory import (GIB, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, human_bytes, llama2_7b_shapes,
+                                registry_plan_values)
+from tenantserve.plan import PlanInput, choose_inputs, make_plan
 from tenantserve.registry import Registry
 
 @click.command("plan")
 @click.option("--registry", "registry_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Plan for this registry's base and reconcile each adapter's formula bytes with its bytes on disk "
-                   "[default: the Llama-2-7B reference].")
-@click.option("--tenants", type=click.IntRange(1), default=40, show_default=True)
-@click.option("--tenants-per-engine", type=click.IntRange(1), default=40, show_default=True,
-              help="Tenants one consolidated engine serves (set by throughput; see `tenantserve simulate`).")
-@click.option("--rank", type=click.IntRange(1, 512), default=16, show_default=True, help="Adapter rank.")
-@click.option("--max-loras", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--max-lora-rank", type=click.IntRange(1, 512), default=16, show_default=True)
-@click.option("--max-cpu-loras", type=click.IntRange(1), default=40, show_default=True)
+              help="Plan for this registry: its base, tenants, largest adapter and engine knobs (options override "
+                   "them); reconcile each adapter's formula bytes with its bytes on disk [default: the Llama-2-7B "
+                   "reference of the lab].")
+@click.option("--tenants", type=click.IntRange(1), default=None, help="Tenants [reference: 40].")
+@click.option("--tenants-per-engine", type=click.IntRange(1), default=None,
+              help="Tenants one consolidated engine serves (set by throughput; see `tenantserve simulate`) "
+                   "[reference: 40; registry: all its tenants].")
+@click.option("--rank", type=click.IntRange(1, 512), default=None, help="Adapter rank [reference: 16].")
+@click.option("--max-loras", type=click.IntRange(1, 256), default=None, help="Slots per engine [reference: 8].")
+@click.option("--max-lora-rank", type=click.IntRange(1, 512), default=None, help="Slot rank [reference: 16].")
+@click.option("--max-cpu-loras", type=click.IntRange(1), default=None, help="Host cache [reference: 40].")
 @click.option("--gpu-gib", type=click.FloatRange(1, 1024), default=80, show_default=True, help="Memory of one GPU.")
-@click.option("--dtype-bytes", type=click.Choice(["1", "2", "4"]), default="2", show_default=True)
-def command(registry_path: Path | None, tenants: int, tenants_per_engine: int, rank: int, max_loras: int,
-            max_lora_rank: int, max_cpu_loras: int, gpu_gib: float, dtype_bytes: str) -> None:
-    """Price consolidation: adapter bytes, slot memory, host cache, and GPUs saved versus one deployment per tenant."""
+@click.option("--dtype-bytes", type=click.Choice(["1", "2", "4"]), default=None,
+              help="Bytes per weight [reference: 2 (fp16); registry: the engine's dtype, else the adapters'].")
+def command(registry_path: Path | None, tenants: int | None, tenants_per_engine: int | None, rank: int | None,
+            max_loras: int | None, max_lora_rank: int | None, max_cpu_loras: int | None, gpu_gib: float,
+            dtype_bytes: str | None) -> None:
+    """Price consolidation: adapter bytes, slot memory, host cache, and GPUs saved versus one deployment per tenant.
+
+    Prints every input with its source: option (given here), registry, or reference (the lab's Llama-2-7B figures).
+    """
     console = Console(width=max(Console().width, 110))
+    registry_values = None
     if registry_path is None:
         shapes, base_bytes, label = llama2_7b_shapes(), LLAMA2_7B_BYTES, "Llama-2-7B (fp16)"
     else:
         registry = Registry.load(registry_path)
         shapes, base_bytes = LinearShapes.from_model_dir(registry.base_path), bytes_on_disk(registry.base_path)
         label = registry.base.name
+        registry_values = registry_plan_values(registry)
         _reconcile(console, registry, shapes)
+    options = {"tenants": tenants, "tenants_per_engine": tenants_per_engine, "adapter_rank": rank,
+               "max_loras": max_loras, "max_lora_rank": max_lora_rank, "max_cpu_loras": max_cpu_loras,
+               "dtype_bytes": int(dtype_bytes) if dtype_bytes else None}
+    chosen = choose_inputs(options, registry_values)
+    v = {key: sourced.value for key, sourced in chosen.items()}
     try:
-        plan = make_plan(PlanInput(
-            shapes=shapes, base_bytes=base_bytes, dtype_bytes=int(dtype_bytes), tenants=tenants, adapter_rank=rank,
-            max_loras=max_loras, max_lora_rank=max_lora_rank, max_cpu_loras=max_cpu_loras,
-            gpu_bytes=int(gpu_gib * GIB), tenants_per_engine=tenants_per_engine,
-        ))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    table = Table("line item", "value", title=f"{tenants} tenants on {label}, {gpu_gib:g} GiB GPUs")
+        plan = make_plan(PlanInput(shapes=shapes, base_bytes=base_bytes, gpu_bytes=int(gpu_gib * GIB), **v))  # type: ignore[arg-type]
+    except (ValueError, KeyError) as exc:
+        raise click.BadParameter(str(exc).strip("'")) from None
+    inputs = Table("input", "value", "source", title="planning inputs")
+    for key, sourced in chosen.items():
+        shown = ", ".join(sourced.value) if isinstance(sourced.value, tuple) else str(sourced.value)  # type: ignore[arg-type]
+        inputs.add_row(key, shown, sourced.source)
+    console.print(inputs)
+    modules = "/".join(m.removesuffix("_proj") for m in v["target_modules"])  # type: ignore[attr-defined]
+    table = Table("line item", "value", title=f"{v['tenants']} tenants on {label}, {gpu_gib:g} GiB GPUs")
     table.add_row("base weights (one copy per engine)", human_bytes(base_bytes))
-    table.add_row(f"one adapter (r={rank}, q/k/v/o)", f"{human_bytes(plan.adapter_bytes)} "
-                  f"(1/{base_bytes / plan.adapter_bytes:.0f} of the base)")
-    table.add_row(f"slot reservation ({max_loras} x r={max_lora_rank}, all linear layers)", human_bytes(plan.slot_bytes))
+    table.add_row(f"one adapter (r={v['adapter_rank']}, {modules}, {v['dtype_bytes']} B/weight)",
+                  f"{human_bytes(plan.adapter_bytes)} (1/{base_bytes / plan.adapter_bytes:.0f} of the base)")
+    table.add_row(f"slot reservation ({v['max_loras']} x r={v['max_lora_rank']}, all linear layers)",
+                  human_bytes(plan.slot_bytes))
     table.add_row("host cache per engine (max_cpu_loras adapters)", human_bytes(plan.host_cache_bytes))
     table.add_row("left for KV cache per engine", human_bytes(plan.kv_bytes_per_engine))
     table.add_row("GPUs, dedicated (one deployment per tenant)", str(plan.dedicated_gpus))
