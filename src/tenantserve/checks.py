@@ -1,20 +1,21 @@
 """``tenantserve check``'s core: every admission check over a whole registry, one row per adapter.
 
-Unlike the launcher (which stops at the first refusal), this keeps going, so an operator sees every problem at
-once; one bad adapter never hides or affects another's verdict.
+The same judgement as ``launch`` (``launcher.admit_adapters``), shown whole: every problem at once, one bad adapter
+never hides or affects another's verdict. Unlike ``launch`` (which serves the admitted adapters), ``check`` is
+strict: any refusal fails it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from tenantserve.admission import BaseCheck, BaseFacts, admit, verify_base
+from tenantserve.admission import BaseCheck, BaseFacts, verify_base
 from tenantserve.adapters import AdapterConfig, bytes_on_disk
 from tenantserve.errors import TenantserveError
 from tenantserve.fingerprint import fingerprint
 from tenantserve.fpcache import FingerprintCache
-from tenantserve.launcher import derive_max_lora_rank
-from tenantserve.registry import ALLOWED_LORA_RANKS, Registry
+from tenantserve.launcher import admit_adapters, resolve_knobs
+from tenantserve.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,11 @@ class CheckReport:
 
 
 def check_registry(registry: Registry, *, cache: FingerprintCache | None = None) -> CheckReport:
+    """Judge the base and every adapter exactly as ``launch`` would (same admission, same engine knobs, the rank
+    derived from the admitted adapters only), keeping every row. A missing adapter directory is a refused row
+    (``path_missing``), never an error before the table. Raises only ``RegistryError`` (the engine section)."""
     cache = cache if cache is not None else FingerprintCache.default()
-    max_rank = _slot_rank(registry)
+    knobs = resolve_knobs(registry, {})  # a bad engine section is a registry error (exit 2), not a row
     facts: BaseFacts | None = None
     try:
         fp = fingerprint(registry.base_path, cache=cache)
@@ -59,35 +63,25 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
             facts = BaseFacts.read(registry.base_path, fp=fp)
     except TenantserveError as exc:
         head = ("unreadable", exc.code, str(exc), None)
+    if facts is None:
+        rows = [CheckRow(tenant.id, spec.name, None, None, "-", "refused", "base_unusable",
+                         "not checked: the base is not usable (see above)") for tenant, spec in registry.adapters()]
+        return CheckReport(head[0], head[1], head[2], head[3], knobs.max_lora_rank, tuple(rows))
+    judged = admit_adapters(registry, facts, cache=cache)
+    admitted = {spec.name: a for _, spec, a in judged.admitted}
+    refused = {r.adapter: r for r in judged.refused}
     rows = []
     for tenant, spec in registry.adapters():
-        if facts is None:
-            rows.append(CheckRow(tenant.id, spec.name, None, None, "-", "refused", "base_unusable",
-                                 "not checked: the base is not usable (see above)"))
+        if (a := admitted.get(spec.name)) is not None:
+            verdict, reason = ("warn", a.warnings[0]) if a.warnings else ("ok", "")
+            rows.append(CheckRow(tenant.id, spec.name, a.rank, a.bytes, "yes" if a.base_verified else "unverified",
+                                 verdict, "ok", reason))
             continue
-        try:
-            a = admit(registry, spec, max_lora_rank=max_rank, base=facts, cache=cache)
-        except TenantserveError as exc:
-            rank = _rank_or_none(registry, spec)
-            match = "no" if exc.code in ("base_mismatch", "base_conflict") else "-"
-            rows.append(CheckRow(tenant.id, spec.name, rank, _bytes_or_none(registry, spec), match, "refused",
-                                 exc.code, str(exc)))
-            continue
-        verdict, reason = ("warn", a.warnings[0]) if a.warnings else ("ok", "")
-        rows.append(CheckRow(tenant.id, spec.name, a.rank, a.bytes, "yes" if a.base_verified else "unverified",
-                             verdict, "ok", reason))
-    return CheckReport(head[0], head[1], head[2], head[3], max_rank, tuple(rows))
-
-
-def _slot_rank(registry: Registry) -> int:
-    """The registry's max_lora_rank, or the one the launcher would derive from the readable configs."""
-    if registry.engine.max_lora_rank is not None:
-        return registry.engine.max_lora_rank
-    ranks = [r for _, spec in registry.adapters() if (r := _rank_or_none(registry, spec)) is not None]
-    try:
-        return derive_max_lora_rank(ranks)
-    except TenantserveError:
-        return ALLOWED_LORA_RANKS[-1]
+        r = refused[spec.name]
+        match = "no" if r.code in ("base_mismatch", "base_conflict") else "-"
+        rows.append(CheckRow(tenant.id, spec.name, _rank_or_none(registry, spec), _bytes_or_none(registry, spec),
+                             match, "refused", r.code, r.message))
+    return CheckReport(head[0], head[1], head[2], head[3], judged.knobs.max_lora_rank, tuple(rows))
 
 
 def _rank_or_none(registry: Registry, spec: object) -> int | None:

@@ -23,9 +23,10 @@ _STYLE = {"ok": "green", "warn": "yellow", "refused": "red"}
 def command(registry_path: Path, as_json: bool) -> None:
     """Check the base against its pin and every adapter against the base and the engine, without starting anything.
 
-    Exit 0 when everything may be served, 1 otherwise. Each refusal has a stable reason code (README: "Admission").
+    Exit 0 when everything may be served, 1 otherwise (a missing adapter directory is a refused row,
+    path_missing). Each refusal has a stable reason code (README: "Admission"). An invalid registry: exit 2.
     """
-    report = check_registry(Registry.load(registry_path))
+    report = check_registry(Registry.load(registry_path, check_paths=False))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
