@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from tenantserve.errors import RegistryError
 from tenantserve.yamlpos import YamlDocument
@@ -31,6 +32,50 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 AdapterName = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+#: Ids the tenant middleware uses for itself: its metric placeholders (``anonymous``, ``other``) and the admin
+#: caller's label. A tenant so named would be counted as, or mistaken for, them.
+RESERVED_TENANT_IDS = frozenset({"admin", "anonymous", "other"})
+#: Names vLLM 0.32 could pick an adapter by without the request's ``model``: its "default multimodal LoRA" applies a
+#: loaded adapter named like the prefix (before '_') of a chat content-part ``type`` or a modality. tenantserve turns
+#: that selection off (``tenantserve.middleware.adapter_guard``); these names stay refused on top, so an engine
+#: without the guard still never applies an adapter to ordinary requests. tests/test_registry.py derives the
+#: prefixes from vLLM's own content-part types and checks they are all here.
+RESERVED_ADAPTER_NAMES = frozenset({
+    "audio", "document", "file", "image", "input", "output", "prompt", "refusal", "text", "thinking", "tool", "video",
+    "vision",
+})
+#: ``vllm serve`` options that select adapters by something other than ``model`` (any unambiguous abbreviation too).
+FORBIDDEN_ENGINE_ARGS = ("--default-mm-loras",)
+
+
+def check_tenant_id(value: str) -> str:
+    """A tenant id that is not one of the middleware's own names; ``ValueError`` otherwise."""
+    if value in RESERVED_TENANT_IDS:
+        reserved = ", ".join(sorted(RESERVED_TENANT_IDS))
+        raise ValueError(f"tenant id '{value}' is reserved ({reserved}: the middleware's own callers and labels)")
+    return value
+
+
+def check_adapter_name(value: str) -> str:
+    """An adapter name vLLM cannot apply outside ``model``; ``ValueError`` for the reserved ones."""
+    if value.lower() in RESERVED_ADAPTER_NAMES:
+        reserved = ", ".join(sorted(RESERVED_ADAPTER_NAMES))
+        raise ValueError(f"adapter name '{value}' is reserved: vLLM would apply an adapter so named to chat requests "
+                         f"by their content-part types, whatever their model (reserved: {reserved})")
+    return value
+
+
+def forbidden_engine_arg(arg: str) -> str | None:
+    """The forbidden option ``arg`` spells (vLLM accepts '_' for '-' and unique abbreviations), or None."""
+    key = arg.split("=", 1)[0].lower().replace("_", "-")
+    for option in FORBIDDEN_ENGINE_ARGS:
+        if key.startswith("--") and option.startswith(key) and len(key) > len("--default-"):
+            return option
+    return None
+
+
+TenantId = Annotated[str, Field(pattern=TENANT_PATTERN), AfterValidator(check_tenant_id)]
 
 
 class _Strict(BaseModel):
@@ -74,13 +119,17 @@ class EngineSpec(_Strict):
                 f"max_cpu_loras {self.max_cpu_loras} must be >= max_loras {self.max_loras} "
                 "(every adapter in a slot is also held in host memory)"
             )
+        for arg in self.extra_args:
+            if (option := forbidden_engine_arg(arg)) is not None:
+                raise ValueError(f"extra_args: '{arg}' ({option}) is refused: it makes vLLM apply adapters chosen "
+                                 "by a request's content-part types instead of its model, across tenants")
         return self
 
 
 class AdapterSpec(_Strict):
     """One LoRA fine-tune, served under ``name`` as an OpenAI model."""
 
-    name: AdapterName
+    name: Annotated[AdapterName, AfterValidator(check_adapter_name)]
     path: Path
     base_fingerprint: str | None = Field(default=None, description="Fingerprint of the base it was trained on.")
     allow_unverified_base: bool = Field(
@@ -104,12 +153,15 @@ class ApiKeySpec(_Strict):
 class TenantSpec(_Strict):
     """A customer: its adapters, and whether it may also use the plain base model."""
 
-    id: Annotated[str, Field(pattern=TENANT_PATTERN)]
+    id: TenantId
     allow_base: bool = Field(default=True, description="May this tenant send requests to the base model?")
     adapters: list[AdapterSpec] = Field(default_factory=list)
     api_keys: list[ApiKeySpec] = Field(default_factory=list, description="Several keys per tenant, for rotation.")
     max_in_flight: int | None = Field(
-        default=None, ge=1, description="Requests in flight for this tenant; default security.max_in_flight."
+        default=None, ge=1, description="Sequences in flight for this tenant; default security.max_in_flight."
+    )
+    max_sequences_per_request: int | None = Field(
+        default=None, ge=1, description="Largest n x prompts one request may ask for; default security's."
     )
 
 
@@ -128,7 +180,12 @@ class SecuritySpec(_Strict):
     metrics_token_env: str = Field(
         default="TENANTSERVE_METRICS_TOKEN", description="Env var of the token /metrics needs off loopback."
     )
-    max_in_flight: int = Field(default=32, ge=1, description="Default per-tenant limit of requests in flight.")
+    max_in_flight: int = Field(
+        default=32, ge=1, description="Default per-tenant limit of sequences in flight (a request counts n x prompts)."
+    )
+    max_sequences_per_request: int = Field(
+        default=16, ge=1, description="Default largest n x prompts (x best_of) one request may ask for (400 above)."
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413 above).")
 
 
@@ -161,7 +218,24 @@ class Registry(_Strict):
                         " adapter names are model names and must be unique on one engine"
                     )
                 owner[adapter.name] = tenant.id
+        self._check_unique_keys()
         return self
+
+    def _check_unique_keys(self) -> None:
+        """One key hash (or key id) in two places would let one tenant's key authenticate as another."""
+        seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for ti, tenant in enumerate(self.tenants):
+            for ki, key in enumerate(tenant.api_keys):
+                for kind, value in (("sha256", key.sha256), ("id", key.id)):
+                    loc = ("tenants", ti, "api_keys", ki, kind)
+                    if (kind, value) in seen:
+                        raise PydanticCustomError(
+                            "duplicate_key", "duplicate API key {kind} {value}: at {first} and at {second}",
+                            {"kind": kind, "value": value if kind == "id" else value[:12] + "...",
+                             "first": _dotted(seen[kind, value]), "second": _dotted(loc),
+                             "places": (seen[kind, value], loc)},
+                        )
+                    seen[kind, value] = loc
 
     # -- views -------------------------------------------------------------------------------------------------
 
@@ -335,7 +409,13 @@ def _format_validation(exc: ValidationError, doc: YamlDocument, source: str) -> 
         loc: tuple[Any, ...] = tuple(err["loc"])
         where = _dotted(loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "duplicate_key":  # name both places with their lines
+            ctx = err["ctx"]
+            first, second = (f"{_dotted(p)} ({source}:{doc.line_of(p)})" for p in ctx["places"])
+            msg = f"duplicate API key {ctx['kind']} {ctx['value']}: at {first} and at {second}"
+            loc = tuple(ctx["places"][1])
+            where = _dotted(loc)
+        elif err["type"] == "extra_forbidden":
             msg = f"unknown key '{loc[-1]}'"
         elif err["type"] == "string_pattern_mismatch":
             msg = f"invalid value {err.get('input')!r} (allowed: {err['ctx']['pattern']})"

@@ -32,7 +32,7 @@ def test_invalid_change_is_refused_and_the_file_is_untouched(registry_file: Path
     text = registry_file.read_text()
 
     def duplicate(r: Registry) -> None:
-        r.tenants.append(TenantSpec(id="other", adapters=[AdapterSpec(name="sql", path=Path("/x"))]))
+        r.tenants.append(TenantSpec(id="othercorp", adapters=[AdapterSpec(name="sql", path=Path("/x"))]))
 
     with pytest.raises(RegistryError, match="duplicate adapter name 'sql'"):
         asyncio.run(store.mutate(duplicate))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
 
-from tenantserve.registry import NAME_PATTERN, TENANT_PATTERN
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from tenantserve.registry import NAME_PATTERN, TENANT_PATTERN, check_adapter_name, check_tenant_id
 
 
 class _Body(BaseModel):
@@ -12,12 +14,14 @@ class _Body(BaseModel):
 
 
 class TenantCreate(_Body):
-    id: str = Field(pattern=TENANT_PATTERN, description="Tenant id: lowercase letters, digits, '-'.")
+    id: Annotated[str, AfterValidator(check_tenant_id)] = Field(
+        pattern=TENANT_PATTERN, description="Tenant id: lowercase letters, digits, '-'; not admin/anonymous/other.")
     allow_base: bool = Field(default=True, description="May the tenant also use the plain base model?")
 
 
 class AdapterCreate(_Body):
-    name: str = Field(pattern=NAME_PATTERN, description="OpenAI model name, e.g. `acme-sql@v2`.")
+    name: Annotated[str, AfterValidator(check_adapter_name)] = Field(
+        pattern=NAME_PATTERN, description="OpenAI model name, e.g. `acme-sql@v2`; not a reserved name (`text`, ...).")
     path: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00]*$",
                       description="Adapter directory, relative to the tenant's folder `<adapters root>/<tenant id>` "
                       "on the sidecar's host; an absolute path must lie inside that folder.")
