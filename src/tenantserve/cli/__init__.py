@@ -37,7 +37,8 @@ def _register() -> None:
     from tenantserve.cli import (adapters, check, demo, fingerprint, keys, launch, plan, sidecar, simulate, stamp, tenants,
                                  up, verify)
 
-    for module in (launch, demo, check, fingerprint, stamp, sidecar, up, tenants, adapters, keys, simulate, plan, verify):
+    for module in (launch, demo, check, fingerprint, stamp, sidecar, up, tenants, adapters, keys, simulate, plan,
+                   verify):
         main.add_command(module.command)
 
 

@@ -19,9 +19,11 @@ from tenantserve.verify import VerifyReport, VerifyRequest, verify
 @click.command("verify")
 @click.option("--adapter", "model", required=True, help="Adapter to verify; the base's name verifies base requests.")
 @registry_option
-@click.option("--engine-url", default=None, help="A running engine (default: start one from the registry, stop it after).")
+@click.option("--engine-url", default=None,
+              help="A running engine (default: start one from the registry, stop it after).")
 @click.option("--prompts", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="JSON lines {\"prompt\": ..., \"max_tokens\": ...} (default: verify/<adapter>.jsonl beside the registry).")
+              help="JSON lines {\"prompt\": ..., \"max_tokens\": ...} "
+                   "(default: verify/<adapter>.jsonl beside the registry).")
 @click.option("--dedicated-base", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Base for the dedicated side: the one the adapter was trained on (default: the registry's).")
 @click.option("--top-k", type=click.IntRange(1, 20), default=5, show_default=True,
