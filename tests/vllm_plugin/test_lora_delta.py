@@ -1,0 +1,113 @@
+"""The grouped LoRA delta (pure core) against a float64 reference, over random mappings (Hypothesis)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tenantserve.vllm_plugin.lora_delta import RowGroups, expand, shrink
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def mappings(draw: st.DrawFn) -> tuple[int, list[int]]:
+    """(slots, per-row slot indices): ragged runs of one slot or the base (-1), including all-base and all-adapter."""
+    slots = draw(st.integers(1, 5))
+    kind = draw(st.sampled_from(["mixed", "all_base", "all_adapter"]))
+    choices = {"mixed": st.integers(-1, slots - 1), "all_base": st.just(-1),
+               "all_adapter": st.integers(0, slots - 1)}[kind]
+    runs = draw(st.lists(st.tuples(choices, st.integers(1, 9)), min_size=1, max_size=8))
+    return slots, [slot for slot, n in runs for _ in range(n)]
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    """Row by row ``x[t] @ w[idx[t]].T`` in float64; zero rows for -1."""
+    out = torch.zeros(len(indices), w.shape[-2], dtype=torch.float64)
+    for t, i in enumerate(indices):
+        if i >= 0:
+            out[t] = w[i].reshape(w.shape[-2], w.shape[-1]).double() @ x[t].double()
+    return out
+
+
+@given(mappings())
+def test_row_groups_partition_the_rows_by_slot(case: tuple[int, list[int]]) -> None:
+    _, indices = case
+    groups = RowGroups.of(torch.tensor(indices))
+    seen: dict[int, int] = {}
+    for slot, rows in groups.slots + ((-1, groups.base),) if groups.base is not None else groups.slots:
+        for r in torch.arange(groups.rows)[rows].tolist():
+            assert r not in seen
+            seen[r] = slot
+    assert groups.rows == len(indices)
+    assert seen == dict(enumerate(indices))
+    assert groups.all_base == all(i < 0 for i in indices)
+
+
+@SETTINGS
+@given(mappings(), st.sampled_from([1, 4, 16]), st.floats(0.25, 2.0), st.integers(0, 2**31 - 1))
+def test_shrink_matches_float64_and_zeroes_base_rows(case, rank: int, scale: float, seed: int) -> None:
+    slots, indices = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(indices), 24, generator=g)
+    a = torch.randn(slots, 1, rank, 24, generator=g)
+    out = torch.randn(len(indices), rank + 3, generator=g)  # wider than the rank: extra columns untouched
+    before = out.clone()
+    shrink(x, a, out, RowGroups.of(torch.tensor(indices)), scale)
+    ref = scale * _reference(x, a, indices)
+    torch.testing.assert_close(out[:, :rank].double(), ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[:, rank:], before[:, rank:])
+
+
+@SETTINGS
+@given(mappings(), st.sampled_from([1, 4, 16]), st.booleans(), st.integers(0, 8), st.integers(0, 2**31 - 1))
+def test_expand_slice_adds_to_adapter_rows_only(case, rank: int, add: bool, offset: int, seed: int) -> None:
+    slots, indices = case
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(len(indices), rank, generator=g)
+    b = torch.randn(slots, 1, 20, rank, generator=g)
+    y0 = torch.randn(len(indices), offset + 20 + 5, generator=g)
+    y = y0.clone()
+    expand(h, b, y, RowGroups.of(torch.tensor(indices)), offset, 20, add)
+    ref = _reference(h, b, indices)
+    adapter = torch.tensor([i >= 0 for i in indices])
+    region = y[:, offset:offset + 20]
+    expected = (y0[:, offset:offset + 20].double() if add else 0) + ref
+    torch.testing.assert_close(region[adapter].double(), expected[adapter], rtol=1e-5, atol=1e-5)
+    if add:  # base rows bit-identical: never read or written
+        assert torch.equal(region[~adapter], y0[:, offset:offset + 20][~adapter])
+    else:  # vLLM's add_inputs=False sets every row: the base ones to 0
+        assert torch.equal(region[~adapter], torch.zeros_like(region[~adapter]))
+    assert torch.equal(y[:, :offset], y0[:, :offset]) and torch.equal(y[:, offset + 20:], y0[:, offset + 20:])
+
+
+@SETTINGS
+@given(mappings(), st.integers(-4, 4), st.integers(0, 2**31 - 1))
+def test_expand_without_size_covers_the_common_columns(case, pad: int, seed: int) -> None:
+    """vLLM's bgmv_expand tolerates weights wider or narrower than the output (vocab padding)."""
+    slots, indices = case
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(len(indices), 4, generator=g)
+    b = torch.randn(slots, 1, 12, 4, generator=g)
+    y0 = torch.randn(len(indices), 12 + pad, generator=g)
+    y = y0.clone()
+    expand(h, b, y, RowGroups.of(torch.tensor(indices)), add=True)
+    common = min(12, 12 + pad)
+    expected = y0.double()
+    expected[:, :common] += _reference(h, b, indices)[:, :common]
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_expand_is_within_bf16_rounding_of_float64() -> None:
+    g = torch.Generator().manual_seed(3)
+    indices = [0, 0, -1, 2, 1, -1, 2]
+    h = torch.randn(len(indices), 16, generator=g)
+    b = torch.randn(3, 1, 64, 16, generator=g).to(torch.bfloat16)
+    y0 = torch.randn(len(indices), 64, generator=g).to(torch.bfloat16)
+    y = y0.clone()
+    expand(h, b, y, RowGroups.of(torch.tensor(indices)), 0, 64, True)
+    ref = y0.double() + _reference(h.to(torch.bfloat16), b, indices)
+    adapter = torch.tensor([i >= 0 for i in indices])
+    torch.testing.assert_close(y[adapter].double(), ref[adapter], rtol=2e-2, atol=5e-2)
+    assert torch.equal(y[~adapter], y0[~adapter])
