@@ -99,8 +99,8 @@ def parse_extra_args(extra_args: Sequence[str]) -> ExtraArgs:
         if flag in RESERVED_FLAGS:
             raise RegistryError(f"{place}: {flag} is not allowed in engine.extra_args: {RESERVED_FLAGS[flag]}")
         if flag not in every and (full := sorted(f for f in every if f.startswith(flag))):
-            raise RegistryError(f"{place}: vLLM would read this abbreviation as {' or '.join(full)}: write the flag "
-                                "in full, so the launcher checks what the engine runs with")
+            raise RegistryError(f"{place}: an abbreviation of {', '.join(full)}: write the flag in full, so the "
+                                "launcher checks what the engine runs with")
         if flag in negated or (flag in owned and owned[flag][1] == "bool"):
             if eq:
                 raise RegistryError(f"{place}: {flag} takes no value (write {flag} or --no-{flag[2:]})")
