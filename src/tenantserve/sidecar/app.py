@@ -21,6 +21,7 @@ from tenantserve.registry import Registry
 from tenantserve.sidecar.basepin import read_served_base
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.engine_client import EngineClient
+from tenantserve.sidecar.exposure import ExposureGuard
 from tenantserve.sidecar.http import install_error_handlers
 from tenantserve.sidecar.metrics import SidecarMetrics
 from tenantserve.sidecar.reconciler import Reconciler
@@ -79,4 +80,5 @@ def create_app(config: SidecarConfig, *, metrics_registry: CollectorRegistry | N
     app.include_router(admin)
     app.include_router(public)
     install_error_handlers(app)
+    app.add_middleware(ExposureGuard, config=config)  # /docs, /openapi.json, /metrics: loopback or a token
     return app

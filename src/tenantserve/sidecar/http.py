@@ -1,7 +1,8 @@
 """HTTP edges shared by every route: the admin bearer check, and the one error shape.
 
 Every error (ours, FastAPI's validation errors, unknown routes) leaves as ``{"error": {"message", "type", "code"}}``
-with a real status: 400 admission refused (code = the reason), 401 no/wrong token, 404 unknown, 409 duplicate,
+with a real status: 400 admission refused (code = the reason) or a body nested too deeply to parse
+(``json_too_deep``), 401 no/wrong token, 404 unknown, 409 duplicate,
 422 malformed body, 502 engine failure, 503 registry not writable.
 """
 
@@ -37,8 +38,16 @@ def install_error_handlers(app: FastAPI) -> None:
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
         return error_response(422, "malformed_request", "; ".join(parts) or "malformed request")
 
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:  # a bug: still the one shape, no traceback out
+        return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); see the sidecar's log")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's body parse failed
+            return error_response(400, "json_too_deep", "the JSON body is nested too deeply")
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            return error_response(400, "malformed_request", f"the body cannot be parsed: {type(exc.__cause__).__name__}")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
