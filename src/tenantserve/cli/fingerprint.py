@@ -43,7 +43,7 @@ def command(path: Path | None, as_json: bool, pin: bool, registry_path: Path | N
     if pin:
         _pin(registry, fp)  # type: ignore[arg-type]
     if as_json:
-        click.echo(json.dumps(_as_dict(fp, seconds, pinned=pin), indent=2))
+        click.echo(json.dumps(_as_dict(fp, seconds, pin=_pin_status(registry, path, fp, pinned_now=pin)), indent=2))
         return
     for f in fp.files:
         click.echo(f"{f.sha256}  {f.size:>14,}  {f.name}")
@@ -96,9 +96,20 @@ def _run(path: Path, cache: FingerprintCache, workers: int | None, *, show_progr
         return fingerprint(path, cache=cache, workers=workers, on_progress=lambda n: progress.advance(task, n))
 
 
-def _as_dict(fp: Fingerprint, seconds: float, *, pinned: bool) -> dict:
+def _pin_status(registry: Registry | None, path: Path, fp: Fingerprint, *, pinned_now: bool) -> str | None:
+    """``match`` / ``mismatch`` / ``unpinned`` when ``path`` is the registry's base, else None (no pin applies)."""
+    if pinned_now:
+        return "match"
+    if registry is None or path.resolve() != registry.base_path:
+        return None
+    if registry.base.fingerprint is None:
+        return "unpinned"
+    return "match" if registry.base.fingerprint == fp.value else "mismatch"
+
+
+def _as_dict(fp: Fingerprint, seconds: float, *, pin: str | None) -> dict:
     return {
-        "path": str(fp.path), "fingerprint": fp.value, "pinned": pinned,
+        "path": str(fp.path), "fingerprint": fp.value, "pinned": pin == "match", "pin": pin,
         "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in fp.files],
         "bytes": fp.total_bytes, "bytes_hashed": fp.bytes_hashed, "files_cached": fp.files_cached,
         "seconds": round(seconds, 6),
