@@ -43,6 +43,8 @@ def command(registry_path: Path, host: str, port: int, sidecar_port: int, adapte
     plan = plan_launch(Registry.load(registry_path), host=host, port=port)
     for warning in plan.warnings:
         click.echo(f"tenantserve: warning: {warning}", err=True)
+    for refusal in plan.refused:  # left out of the engine; the sidecar shows them as failed
+        click.echo(f"tenantserve: {refusal.line()}", err=True)
     log_path = settings.state_dir / "engine.log"
     click.echo(f"tenantserve: engine on {engine_url} (log: {log_path}), sidecar on "
                f"http://{settings.sidecar_host}:{sidecar_port}; Ctrl-C stops both", err=True)
