@@ -55,6 +55,28 @@ def test_the_kubernetes_scrape_config_finds_the_deployment() -> None:
     assert jobs == {"tenantserve-engine": "openai", "tenantserve-sidecar": "admin"} and set(jobs.values()) <= ports
 
 
+METRICS_SECRET_MOUNT = "/etc/prometheus/secrets"  # where prometheus-operator mounts `spec.secrets`
+
+
+def test_every_kubernetes_scrape_sends_the_metrics_token_the_pods_check() -> None:
+    """Engines and sidecars answer /metrics off loopback only with TENANTSERVE_METRICS_TOKEN (the registry's
+    metrics_token_env): every scrape job reads its bearer token from the mounted Secret the pods get it from."""
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus-kubernetes.yml").read_text())
+    deployment = next(d for d in _docs() if d["kind"] == "Deployment")
+    cm = next(d for d in _docs() if d["kind"] == "ConfigMap")
+    env_name = Registry.parse(cm["data"]["adapters.yaml"], root=Path("/")).security.metrics_token_env
+    refs = set()
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        [env] = [e for e in container["env"] if e["name"] == env_name]
+        ref = env["valueFrom"]["secretKeyRef"]
+        refs.add(f"{METRICS_SECRET_MOUNT}/{ref['name']}/{ref['key']}")
+    assert len(refs) == 1 and len(deployment["spec"]["template"]["spec"]["containers"]) == 2
+    [mounted] = refs
+    for job in prom["scrape_configs"]:
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": mounted}, job["job_name"]
+        assert "bearer_token" not in job and "credentials" not in job["authorization"]  # never inline
+
+
 def test_the_kubernetes_scrape_config_passes_promtool_apart_from_discovery(tmp_path: Path) -> None:
     """Debian's promtool is built without Kubernetes discovery; every other part of the file (globals, rule files,
     relabelling) is checked by promtool with the discovery swapped for a static target."""
@@ -68,9 +90,13 @@ def test_the_kubernetes_scrape_config_passes_promtool_apart_from_discovery(tmp_p
     source = ROOT / "deploy" / "prometheus"
     prom = yaml.safe_load((source / "prometheus-kubernetes.yml").read_text())
     prom["rule_files"] = [str(source / f) for f in prom["rule_files"]]
+    token = tmp_path / "token"  # promtool checks the credentials file exists: the mounted Secret, here a file
+    token.write_text("t")
     for job in prom["scrape_configs"]:
         assert job.pop("kubernetes_sd_configs")
         job["static_configs"] = [{"targets": ["127.0.0.1:9"]}]
+        assert job["authorization"]["credentials_file"].startswith(METRICS_SECRET_MOUNT)
+        job["authorization"]["credentials_file"] = str(token)
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(prom))
     out = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
