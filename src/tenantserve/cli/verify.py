@@ -41,8 +41,11 @@ def command(model: str, registry_path: Path, engine_url: str | None, prompts: Pa
     other's top-k; and the logprobs of agreeing tokens within the tolerance. Exit 0 all pass, 1 any fails, 2 bad
     input, 3 engine unreachable or not starting. With security.auth on, TENANTSERVE_ADMIN_TOKEN is used.
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the dedicated side's weight-loading bars; our progress lines say enough
     settings = Settings()
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     request = VerifyRequest(model=model, registry_path=registry_path, engine_url=engine_url, prompts=prompts,
                             dedicated_base=dedicated_base, top_k=top_k, tolerance=tolerance,
                             engine_log=settings.state_dir / "verify-engine.log", ready_timeout=settings.ready_timeout)

@@ -21,7 +21,7 @@ import openai
 
 from tenantserve.errors import AdapterError, EngineError
 from tenantserve.verify.compare import Generation
-from tenantserve.verify.prompts import PromptCase
+from tenantserve.verify.prompts import PromptCase, PromptsError
 
 T = TypeVar("T")
 
@@ -87,8 +87,8 @@ class Consolidated:
             for c in running:
                 c.join(self.timeout)
 
-    def _tokens_left(self, model: str, prompt: str) -> int:
-        """Context left after ``prompt`` (vLLM's ``/tokenize``), so a companion can run as long as possible."""
+    def tokenize(self, model: str, prompt: str) -> tuple[int, int]:
+        """(prompt tokens, the engine's max_model_len), from vLLM's ``/tokenize``."""
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         try:
             resp = httpx.post(f"{self.url}/tokenize", json={"model": model, "prompt": prompt}, headers=headers,
@@ -99,7 +99,15 @@ class Consolidated:
             raise EngineError(f"the engine refused /tokenize for '{model}' (HTTP {resp.status_code}): "
                               f"{resp.text[:200]}", code="engine_error")
         body = resp.json()
-        return max(1, int(body["max_model_len"]) - int(body["count"]))
+        return int(body["count"]), int(body["max_model_len"])
+
+    def check_lengths(self, model: str, cases: list[PromptCase]) -> None:
+        """Every prompt plus its ``max_tokens`` fits the engine's context, or ``PromptsError`` naming the first."""
+        for number, case in enumerate(cases, start=1):
+            count, limit = self.tokenize(model, case.prompt)
+            if count + case.max_tokens > limit:
+                raise PromptsError(f"prompt {number} ({case.prompt[:40]!r}) has {count} tokens + max_tokens "
+                                   f"{case.max_tokens} > the engine's max_model_len {limit}")
 
 
 class _Companion(threading.Thread):
@@ -115,7 +123,8 @@ class _Companion(threading.Thread):
 
     def run(self) -> None:
         try:
-            max_tokens = self.owner._tokens_left(self.model, self.prompt)
+            count, limit = self.owner.tokenize(self.model, self.prompt)
+            max_tokens = max(1, limit - count)  # as long as the context allows: it must outlive the wave
             stream = _call(self.owner, lambda: self.owner._client.completions.create(
                 model=self.model, prompt=self.prompt, max_tokens=max_tokens, temperature=0, stream=True,
                 extra_body={"ignore_eos": True}), model=self.model)
@@ -179,5 +188,8 @@ def _call(owner: Consolidated, fn: Callable[[], T], *, model: str | None = None)
                           "TENANTSERVE_ADMIN_TOKEN to the engine's admin token", code="engine_refused") from None
     except openai.NotFoundError:
         raise AdapterError(f"the engine at {owner.url} does not serve '{model}'", code="model_not_served") from None
+    except openai.BadRequestError as exc:  # e.g. a prompt longer than the engine's context: the prompt set's fault
+        raise PromptsError(f"the engine refused a request for '{model}' (HTTP 400): {exc.message}",
+                           code="request_refused") from None
     except openai.APIStatusError as exc:
         raise EngineError(f"the engine answered HTTP {exc.status_code}: {exc.message}", code="engine_error") from None

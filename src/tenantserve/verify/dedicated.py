@@ -33,13 +33,20 @@ class DedicatedModel:
         self._tokenizer: Any = None
         self._eos: set[int] = set()
 
+    def check(self) -> None:
+        """The cheap part of ``load``: both directories look like what they should be."""
+        if not (self.base_dir / "config.json").is_file():
+            raise DedicatedBaseError(f"{self.base_dir}: not a model directory (no config.json)")
+        if self.adapter_dir is not None and not (self.adapter_dir / "adapter_config.json").is_file():
+            raise AdapterError(f"{self.adapter_dir}: not a PEFT adapter (no adapter_config.json)",
+                               code="config_missing")
+
     def load(self) -> DedicatedModel:
         """Read the weights (float32, eval mode). Raises ``DedicatedBaseError`` or ``AdapterError``."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if not (self.base_dir / "config.json").is_file():
-            raise DedicatedBaseError(f"{self.base_dir}: not a model directory (no config.json)")
+        self.check()
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.base_dir)
             model = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32)

@@ -127,25 +127,29 @@ def verify(request: VerifyRequest, *, progress: Callable[[str], None] = lambda _
         raise AdminTokenMissing(f"the registry has security.auth on: set {registry.security.admin_token_env} to "
                                 "the engine's admin token")
 
-    progress(f"dedicated: {base_dir}" + (f" + {adapter_dir}" if adapter_dir else "") + " (transformers, float32)")
-    dedicated_model = DedicatedModel(base_dir, adapter_dir).load()
-    dedicated = [dedicated_model.generate(c, top_k=request.top_k) for c in cases]
-    del dedicated_model
-
+    dedicated_model = DedicatedModel(base_dir, adapter_dir)
+    dedicated_model.check()
     with _engine(request, registry, token, progress) as (url, token):
         client = Consolidated(url, api_key=token, top_k=request.top_k)
-        served = client.served_models()
+        served = client.served_models()  # fails fast (exit 3) before the slow dedicated side
         if request.model not in served:
             raise AdapterError(f"the engine at {url} does not serve '{request.model}'", code="model_not_served")
+        client.check_lengths(request.model, cases)
         companions = companions_for(registry, request.model, served)
+        progress(f"dedicated: {base_dir}" + (f" + {adapter_dir}" if adapter_dir else "") +
+                 " (transformers, float32, greedy)")
+        dedicated_model.load()
+        dedicated = [dedicated_model.generate(c, top_k=request.top_k) for c in cases]
+        del dedicated_model
         progress(f"consolidated: {url}, '{request.model}' mixed with {', '.join(companions) or 'nothing'}")
         consolidated: list[EngineResult] = client.run(request.model, cases, companions)
+        engine_label = url if request.engine_url else f"{url}, started for this run"
 
     tolerance = request.tolerance if request.tolerance is not None else \
         default_tolerance(registry.engine.dtype, _config_dtype(registry.base_path))
     rows = [PromptReport(case, d, c.generation, compare(d, c.generation, tolerance=tolerance), c.companions,
                          c.mixed_with) for case, d, c in zip(cases, dedicated, consolidated)]
-    return VerifyReport(request.model, is_base, base_dir, request.engine_url or "(started for this run)", tolerance,
+    return VerifyReport(request.model, is_base, base_dir, engine_label, tolerance,
                         request.top_k, rows)
 
 
