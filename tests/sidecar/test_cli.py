@@ -35,8 +35,45 @@ def test_refusals_are_one_line_with_exit_2(sidecar: SidecarThread, tmp_path: Pat
     assert result.output.strip().count("\n") == 0 and "[path_missing]" in result.output
     wrong = _run("tenants", "list", "--url", sidecar.url, token="wrong")
     assert wrong.exit_code == 2 and "[invalid_token]" in wrong.output and "Traceback" not in wrong.output
-    gone = _run("tenants", "remove", "--url", sidecar.url, "nobody")
-    assert gone.exit_code == 2 and "[tenant_not_found]" in gone.output
+    unknown_tenant = _run("adapters", "remove", "--url", sidecar.url, "nobody", "sql")
+    assert unknown_tenant.exit_code == 2 and "[tenant_not_found]" in unknown_tenant.output
+
+
+def test_add_and_remove_are_idempotent_and_say_so(sidecar: SidecarThread) -> None:
+    url = ["--url", sidecar.url]
+    first, again = _run("tenants", "add", *url, "hooli"), _run("tenants", "add", *url, "hooli")
+    assert first.exit_code == again.exit_code == 0
+    assert first.output.strip() == "tenant hooli: registered"
+    assert again.output.strip() == "tenant hooli: already registered, unchanged"
+    removed, gone = _run("tenants", "remove", *url, "hooli"), _run("tenants", "remove", *url, "hooli")
+    assert removed.exit_code == gone.exit_code == 0
+    assert removed.output.strip().endswith("tenant hooli: removed")
+    assert gone.output.strip() == "tenant hooli: not registered, nothing to remove"
+    no_adapter = _run("adapters", "remove", *url, "acme", "never-added")
+    assert no_adapter.exit_code == 0 and "not registered, nothing to remove" in no_adapter.output
+
+
+def test_client_commands_find_the_sidecar_up_started(sidecar: SidecarThread, tmp_path: Path) -> None:
+    """`up` writes a state file beside the registry; with no --url the CLI uses it (a dead pid's file is ignored)."""
+    import os
+
+    from tenantserve.runstate import RunState, read_state, remove_state, write_state
+
+    registry = tmp_path / "elsewhere" / "adapters.yaml"  # the state file is found by the registry's path only
+    registry.parent.mkdir()
+    env = {"TENANTSERVE_REGISTRY": str(registry), "TENANTSERVE_SIDECAR_PORT": str(free_port())}
+    down = CliRunner().invoke(main, ["tenants", "list"], env={**env, "TENANTSERVE_ADMIN_TOKEN": TOKEN})
+    assert down.exit_code == 3 and env["TENANTSERVE_SIDECAR_PORT"] in down.output  # no state file: the default port
+    write_state(registry, RunState(pid=os.getpid(), engine_url="http://127.0.0.1:1", sidecar_url=sidecar.url))
+    found = CliRunner().invoke(main, ["tenants", "list"], env={**env, "TENANTSERVE_ADMIN_TOKEN": TOKEN})
+    assert found.exit_code == 0 and "acme" in found.output
+    helped = CliRunner().invoke(main, ["tenants", "list", "--help"], env=env)
+    assert f"[default: {sidecar.url}]" in helped.output.replace("\n", "")
+    assert read_state(registry, alive=lambda pid: False) is None  # a killed `up` leaves a file that is ignored
+    remove_state(registry, pid=os.getpid() + 1)  # not ours: kept
+    assert read_state(registry) is not None
+    remove_state(registry, pid=os.getpid())
+    assert read_state(registry) is None
 
 
 def test_unreachable_sidecar_exits_3() -> None:

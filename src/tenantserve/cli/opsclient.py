@@ -8,6 +8,7 @@ import click
 import httpx
 
 from tenantserve.errors import TenantserveError
+from tenantserve.runstate import read_state
 from tenantserve.settings import Settings
 
 
@@ -19,9 +20,31 @@ def _defaults() -> Settings:
     return Settings()
 
 
+def default_sidecar_url(settings: Settings) -> str:
+    """The sidecar `tenantserve up` started for the registry (its state file beside it), else
+    http://TENANTSERVE_SIDECAR_HOST:TENANTSERVE_SIDECAR_PORT."""
+    state = read_state(settings.registry)
+    if state is not None:
+        return state.sidecar_url
+    return f"http://{settings.sidecar_host}:{settings.sidecar_port}"
+
+
+class _ResolvedDefault(click.Option):
+    """Shows the default as it resolves now (``[default: http://127.0.0.1:8001]``), not as "(dynamic)"."""
+
+    def get_help_record(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        dynamic, self.default = self.default, self.get_default(ctx, call=True)
+        self.show_default = True
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.default = dynamic
+
+
 url_option = click.option(
-    "--url", default=lambda: f"http://{_defaults().sidecar_host}:{_defaults().sidecar_port}", show_default="sidecar",
-    help="The sidecar's admin API (default from TENANTSERVE_SIDECAR_HOST/PORT).",
+    "--url", cls=_ResolvedDefault, default=lambda: default_sidecar_url(_defaults()),
+    help="The sidecar's admin API. Default: the sidecar `tenantserve up` started for the registry "
+    "(TENANTSERVE_REGISTRY; a state file beside it), else http://TENANTSERVE_SIDECAR_HOST:TENANTSERVE_SIDECAR_PORT.",
 )
 
 
@@ -37,6 +60,11 @@ class AdminClient:
         self._client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str, body: dict | None = None) -> Any:
+        """The answer's JSON; a ``SidecarCallError`` for any refusal (exit 2) or failure (exit 3)."""
+        return self.request(method, path, body)[1]
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        """(HTTP status, JSON) of a successful call; raises like ``call``."""
         try:
             resp = self._client.request(method, path, json=body)
         except httpx.HTTPError as exc:
@@ -44,7 +72,7 @@ class AdminClient:
             err.exit_code = 3
             raise err from None
         if resp.status_code < 400:
-            return resp.json() if resp.content else None
+            return resp.status_code, (resp.json() if resp.content else None)
         try:
             error = resp.json()["error"]
             message, code = error["message"], error["code"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import click
 from rich.console import Console
 from rich.table import Table
 
-from tenantserve.cli.opsclient import AdminClient, url_option
+from tenantserve.cli.opsclient import AdminClient, SidecarCallError, url_option
 
 
 @click.group("tenants")
@@ -31,16 +33,23 @@ def list_(url: str) -> None:
 @click.option("--no-base", is_flag=True, help="The tenant may use only its own adapters, not the plain base.")
 def add(url: str, tenant_id: str, no_base: bool) -> None:
     """Register a tenant (repeating the same call changes nothing)."""
-    AdminClient(url).call("POST", "/admin/tenants", {"id": tenant_id, "allow_base": not no_base})
-    click.echo(f"tenant {tenant_id}: registered")
+    status, _ = AdminClient(url).request("POST", "/admin/tenants", {"id": tenant_id, "allow_base": not no_base})
+    click.echo(f"tenant {tenant_id}: " + ("registered" if status == 201 else "already registered, unchanged"))
 
 
 @command.command("remove")
 @url_option
 @click.argument("tenant_id")
 def remove(url: str, tenant_id: str) -> None:
-    """Offboard a tenant: each adapter is drained and unloaded, then the tenant leaves the registry."""
-    results = AdminClient(url).call("DELETE", f"/admin/tenants/{tenant_id}")
+    """Offboard a tenant: each adapter is drained and unloaded, then the tenant leaves the registry.
+    Like `add`, repeating it changes nothing: a tenant that is not registered is reported, exit 0."""
+    try:
+        results = AdminClient(url).call("DELETE", f"/admin/tenants/{quote(tenant_id)}")
+    except SidecarCallError as exc:
+        if exc.code != "tenant_not_found":
+            raise
+        click.echo(f"tenant {tenant_id}: not registered, nothing to remove")
+        return
     for r in results:
         click.echo(f"adapter {r['name']}: unloaded, {'drained' if r['drained'] else 'drain timed out'}")
     click.echo(f"tenant {tenant_id}: removed")
