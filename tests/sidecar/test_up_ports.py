@@ -52,3 +52,13 @@ def test_up_on_a_taken_port_exits_3_naming_it_and_sends_the_squatter_nothing(tmp
     assert squatter.requests == [] and TOKEN not in str(squatter.requests)
     assert not (tmp_path / "state" / "engine.log").exists()  # no engine was started
     assert took < 60
+
+
+def test_launch_on_a_taken_port_exits_3_naming_it(tmp_path: Path) -> None:
+    with Squatter() as squatter:
+        out = subprocess.run([sys.executable, "-m", "tenantserve", "launch", "--registry",
+                              str(copy_registry(tmp_path / "adapters.yaml")), "--port", str(squatter.port)],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert [line for line in out.stderr.splitlines() if "port_in_use" in line and str(squatter.port) in line]
+    assert "starting vLLM" not in out.stderr and squatter.requests == []

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from tenantserve.cli.options import host_option, port_option, registry_option
+from tenantserve.engine.process import check_port_free
 from tenantserve.launcher import INSECURE_ENV, INSECURE_FLAG, plan_launch, run_foreground
 from tenantserve.registry import Registry
 
@@ -40,6 +41,7 @@ def command(registry_path: Path, host: str, port: int, dry_run: bool, strict: bo
     if dry_run:
         click.echo(plan.shell())
         return
+    check_port_free(host, port)  # exit 3, one line naming the port, before anything starts
     served = len(registry.adapters()) - len(plan.refused)
     click.echo(f"tenantserve: starting vLLM on http://{host}:{port} with {served} adapter(s) "
                f"(max_loras={plan.knobs.max_loras}, max_lora_rank={plan.knobs.max_lora_rank})", err=True)
