@@ -29,7 +29,7 @@ from tenantserve.verify import VerifyReport, VerifyRequest, verify
 @click.option("--top-k", type=click.IntRange(1, 20), default=5, show_default=True,
               help="Logprobs per token on both sides (a divergence passes only inside each other's top-k).")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=None,
-              help="Largest |logprob difference| allowed on agreeing tokens, in nats (default 0.05 for a float32 "
+              help="Largest |logprob difference| allowed on agreeing tokens, in nats (default 0.01 for a float32 "
                    "engine, 0.5 for 16-bit).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(model: str, registry_path: Path, engine_url: str | None, prompts: Path | None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: |logprob| drift allowed on agreeing tokens (nats) when the engine computes in float32 / in 16-bit floats.
-FLOAT32_TOLERANCE = 0.05
+FLOAT32_TOLERANCE = 0.01
 HALF_TOLERANCE = 0.5
 
 
