@@ -22,7 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from tenantserve.admission import Admission, BaseFacts, admit, verify_base
+from tenantserve.adapter_store import AdapterStore, admit_stored
+from tenantserve.admission import Admission, BaseFacts, verify_base
 from tenantserve.engine.args import ExtraArgs, parse_extra_args
 from tenantserve.errors import AdapterError, EngineError, RegistryError, TenantserveError
 from tenantserve.metrics import MULTIPROC_ENV, make_multiproc_dir
@@ -221,10 +222,12 @@ def build_serve_argv(
     python: str = sys.executable,
     middleware: tuple[str, ...] = (),
     adapters: tuple[str, ...] | None = None,
+    paths: dict[str, str] | None = None,
 ) -> list[str]:
     """The full ``vllm serve`` command line for a registry. Pure: same registry, same argv.
 
-    ``adapters``: the names to load at start (the admitted ones); default every registered adapter. Knobs that
+    ``adapters``: the names to load at start (the admitted ones); default every registered adapter. ``paths``:
+    where each is loaded from (its adapter-store copy); default its registry path. Knobs that
     ``engine.extra_args`` set are not repeated: extra_args go last, verbatim.
     """
     base = registry.base
@@ -236,7 +239,8 @@ def build_serve_argv(
         if knob not in knobs.from_extra_args:
             argv += ["--" + knob.replace("_", "-"), str(value)]
     modules = [
-        json.dumps({"name": a.name, "path": str(registry.adapter_path(a)), "base_model_name": base.name})
+        json.dumps({"name": a.name, "path": (paths or {}).get(a.name, str(registry.adapter_path(a))),
+                    "base_model_name": base.name})
         for _, a in registry.adapters()
         if adapters is None or a.name in adapters
     ]
@@ -274,8 +278,12 @@ def detect_device() -> Device:
     raise EngineError("vLLM is not installed: run `make setup` (CPU) or `pip install -e '.[gpu]'` (GPU)")
 
 
-def admit_adapters(registry: Registry, base: BaseFacts, *, cache: FingerprintCache | None = None) -> AdmittedSet:
+def admit_adapters(registry: Registry, base: BaseFacts, *, cache: FingerprintCache | None = None,
+                   store: AdapterStore | None = None) -> AdmittedSet:
     """Judge every adapter against the engine as configured; one refusal never affects another's verdict.
+
+    Each adapter is first copied into the adapter ``store`` (default: ``AdapterStore.default``) and the copy is
+    admitted (``adapter_store.admit_stored``): the admitted specs carry the copy's path, which is what is served.
 
     With an explicit ``max_lora_rank`` each adapter is admitted once against it. When it is derived, the adapters
     are admitted against the largest rank vLLM accepts, the rank is derived from the admitted ones only (a refused
@@ -285,12 +293,14 @@ def admit_adapters(registry: Registry, base: BaseFacts, *, cache: FingerprintCac
     knobs = resolve_knobs(registry, {})  # validates engine: + extra_args before any adapter is read
     explicit = None if knobs.rank_derived else knobs.max_lora_rank
     refused: list[Refusal] = []
+    copies = store if store is not None else AdapterStore.default(cache=cache)
 
     def judge(pairs: list[tuple[TenantSpec, AdapterSpec]], rank: int) -> list[tuple[TenantSpec, AdapterSpec, Admission]]:
         passed = []
         for tenant, spec in pairs:
             try:
-                passed.append((tenant, spec, admit(registry, spec, max_lora_rank=rank, base=base, cache=cache)))
+                stored, admission = admit_stored(registry, spec, copies, max_lora_rank=rank, base=base, cache=cache)
+                passed.append((tenant, spec.model_copy(update={"path": stored.path}), admission))
             except TenantserveError as exc:
                 refused.append(Refusal(tenant.id, spec.name, exc.code, str(exc)))
             except OSError as exc:  # a file that cannot be read is this adapter's fault, not the launch's
@@ -319,13 +329,15 @@ def plan_launch(
     cache: FingerprintCache | None = None,
     strict: bool = False,
     allow_no_auth_on_network: bool | None = None,
+    store: AdapterStore | None = None,
 ) -> LaunchPlan:
     """Everything checked, nothing started: the argv and environment to run the engine with.
 
     Refuses (``InsecureBind``, exit 2) to serve without auth on a network address unless
     ``allow_no_auth_on_network`` (default: the ``TENANTSERVE_INSECURE_NO_AUTH_ON_NETWORK`` env var). The base is
     fingerprinted (``cache``: default the user's fingerprint cache) and must match its pin (else
-    ``BaseModelError``, exit 2). Every adapter goes through ``admit``; refused ones are left out of the engine and
+    ``BaseModelError``, exit 2). Every adapter is copied into the adapter ``store`` (default: the
+    ``TENANTSERVE_ADAPTER_STORE`` one); the copy goes through ``admit`` and is what the engine loads; refused ones are left out of the engine and
     listed in ``LaunchPlan.refused``, or, with ``strict``, raise ``AdaptersRefused`` (exit 2).
     """
     allow = insecure_override() if allow_no_auth_on_network is None else allow_no_auth_on_network
@@ -339,7 +351,7 @@ def plan_launch(
     base = BaseFacts.read(registry.base_path, fp=base_fp)
     if base_check.result == "unpinned":
         warnings.append(base_check.message())
-    judged = admit_adapters(registry, base, cache=cache)
+    judged = admit_adapters(registry, base, cache=cache, store=store)
     if strict and judged.refused:
         raise AdaptersRefused(list(judged.refused))
     for _, _, admission in judged.admitted:
@@ -347,8 +359,9 @@ def plan_launch(
     if registry.security.auth and TENANT_MIDDLEWARE not in middleware:  # keys, model ACL, admin lockdown
         middleware = (*middleware, TENANT_MIDDLEWARE)
     names = tuple(spec.name for _, spec, _ in judged.admitted)
+    paths = {spec.name: str(spec.path) for _, spec, _ in judged.admitted}  # the adapter-store copies
     argv = build_serve_argv(registry, judged.knobs, host=host, port=port, device=device, middleware=middleware,
-                            adapters=names)
+                            adapters=names, paths=paths)
     env = build_engine_env(device)
     if registry.source is not None:  # the engine-side plugin and middleware read the same registry
         env["TENANTSERVE_REGISTRY"] = str(registry.source)
