@@ -278,3 +278,31 @@ def test_admission_runs_on_the_copy_and_a_pinned_fingerprint_refuses_changed_fil
     with pytest.raises(AdapterError) as info:  # unpinned: the new files are admitted like any others
         admit_stored(reg, reg.adapters()[0][1], store, max_lora_rank=8, cache=cache)
     assert info.value.code == "rank_too_high"
+
+
+def test_launch_serves_store_copies_and_a_changed_pinned_adapter_fails_alone(
+        tmp_path: Path, store: AdapterStore, cache: FingerprintCache) -> None:
+    """The launch-time half of issue 10 item 4: a rank-16 file swapped into a pinned adapter's folder is refused
+    (``adapter_changed``) instead of silently raising ``--max-lora-rank`` for every tenant."""
+    from tenantserve.launcher import plan_launch
+
+    base = make_base(tmp_path / "base")
+    stamp = fingerprint(base).value
+    for name in ("a", "b"):
+        write_stamp(make_adapter(tmp_path / "tenant" / name, seed=ord(name)), stamp)
+    pin = store.digest(tmp_path / "tenant" / "a")
+    data = {"base": {"name": "tiny", "path": str(base)}, "engine": {"max_loras": 2},
+            "security": {"auth": False},
+            "tenants": [{"id": "t", "adapters": [{"name": "a", "path": "tenant/a", "fingerprint": pin},
+                                                 {"name": "b", "path": "tenant/b"}]}]}
+    reg = Registry.parse(json.dumps(data), root=tmp_path)
+    plan = plan_launch(reg, device="cpu", cache=cache, store=store)
+    modules = {m["name"]: m["path"] for m in map(json.loads, plan.argv[plan.argv.index("--lora-modules") + 1:][:2])}
+    assert modules == {"a": str(store.path_for(pin)), "b": str(store.put(tmp_path / "tenant" / "b").path)}
+    assert plan.knobs.max_lora_rank == 8 and not plan.refused
+
+    write_stamp(make_adapter(tmp_path / "tenant" / "a", rank=16, seed=3), stamp)
+    plan = plan_launch(reg, device="cpu", cache=cache, store=store)
+    assert [(r.adapter, r.code) for r in plan.refused] == [("a", "adapter_changed")]
+    assert plan.knobs.max_lora_rank == 8  # derived from the admitted adapters only
+    assert '"name": "a"' not in " ".join(plan.argv) and '"name": "b"' in " ".join(plan.argv)
