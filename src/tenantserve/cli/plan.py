@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tenantserve.adapters import bytes_on_disk
-from tenantserve.memory import (GIB, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, human_bytes, llama2_7b_shapes,
+from tenantserve.memory import (GIB, adapter_bytes, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, human_bytes, llama2_7b_shapes,
                                 registry_plan_values)
 from tenantserve.plan import PlanInput, choose_inputs, make_plan
 from tenantserve.registry import Registry
@@ -30,14 +30,20 @@ from tenantserve.registry import Registry
 @click.option("--gpu-gib", type=click.FloatRange(1, 1024), default=80, show_default=True, help="Memory of one GPU.")
 @click.option("--dtype-bytes", type=click.Choice(["1", "2", "4"]), default=None,
               help="Bytes per weight [reference: 2 (fp16); registry: the engine's dtype, else the adapters'].")
+@click.option("--measure", is_flag=True,
+              help="With --registry: start vLLM offline on the registry and put the slot and adapter bytes its worker "
+                   "allocated beside the formula; exit 1 when they differ by more than 5% (30-45 s).")
 def command(registry_path: Path | None, tenants: int | None, tenants_per_engine: int | None, rank: int | None,
             max_loras: int | None, max_lora_rank: int | None, max_cpu_loras: int | None, gpu_gib: float,
-            dtype_bytes: str | None) -> None:
+            dtype_bytes: str | None, measure: bool) -> None:
     """Price consolidation: adapter bytes, slot memory, host cache, and GPUs saved versus one deployment per tenant.
 
     Prints every input with its source: option (given here), registry, or reference (the lab's Llama-2-7B figures).
     """
     console = Console(width=max(Console().width, 110))
+    if measure and registry_path is None:
+        raise click.BadParameter("--measure needs --registry (the engine runs that registry's base)",
+                                 param_hint="'--measure'")
     registry_values = None
     if registry_path is None:
         shapes, base_bytes, label = llama2_7b_shapes(), LLAMA2_7B_BYTES, "Llama-2-7B (fp16)"
@@ -74,6 +80,33 @@ def command(registry_path: Path | None, tenants: int | None, tenants_per_engine:
     table.add_row(f"GPUs, consolidated ({plan.consolidated_engines} engine(s))", str(plan.consolidated_gpus))
     table.add_row("[bold]GPUs saved[/]", f"[bold]{plan.gpus_saved}[/]")
     console.print(table)
+    if measure and registry_path is not None and registry_values is not None:
+        if not _measured(console, registry_path, shapes, registry_values):
+            raise SystemExit(1)
+
+
+def _measured(console: Console, registry_path: Path, shapes: LinearShapes, values: dict[str, object]) -> bool:
+    """The engine's own LoRA tensors beside the formula (the registry's knobs, not the options)."""
+    from tenantserve.memprobe import run_probe
+
+    console.print("Starting vLLM offline to read its LoRA tensors (30-45 s, more on a busy machine) ...")
+    got = run_probe(str(registry_path))
+    formula = make_plan(PlanInput(shapes=shapes, base_bytes=0, **{k: values[k] for k in (  # type: ignore[arg-type]
+        "max_loras", "max_lora_rank", "max_cpu_loras", "dtype_bytes")}, adapter_rank=1))
+    rows = [("slot reservation", formula.slot_bytes, got["slot_bytes"])]
+    registry = Registry.load(registry_path)
+    for bill in adapter_bills(registry, shapes):
+        formula_bytes = adapter_bytes(shapes, bill.config.target_modules, bill.config.rank, int(values["dtype_bytes"]))  # type: ignore[call-overload]
+        rows.append((f"adapter {bill.name}", formula_bytes, got["adapter_bytes"].get(bill.name, 0)))
+    table = Table("item", "formula", "engine", "engine/formula", title="reconciled with the engine's tensors")
+    ok = True
+    for name, want, have in rows:
+        ratio = have / want if want else float("inf")
+        ok &= abs(ratio - 1) <= 0.05
+        table.add_row(name, human_bytes(want), human_bytes(have), f"{ratio:.3f}")
+    console.print(table)
+    console.print("agree within 5%" if ok else "[bold red]the engine and the formula differ by more than 5%[/]")
+    return ok
 
 
 def _reconcile(console: Console, registry: Registry, shapes: LinearShapes) -> None:

@@ -163,5 +163,7 @@ def _plot(console: Console, path: Path, v: dict, zipf: float, seed: int) -> None
         raise TenantserveError(f"--plot needs matplotlib ({exc}): pip install -e '.[dev]'") from None
     data = sweep(adapters=v["adapters"], zipf=zipf, rate=v["rate"], tokens=v["tokens"], min_tokens=v["min_tokens"],
                  steps=v["steps"], seed=seed, max_num_seqs=v["max_num_seqs"])
-    plot_sweep(data, path, title=f"{v['adapters']} adapters, {v['rate']:g} requests/step")
+    in_flight = v["rate"] * ((v["min_tokens"] or v["tokens"]) + v["tokens"]) / 2
+    plot_sweep(data, path, title=f"{v['adapters']} adapters, {v['rate']:g} new requests/step of {v['tokens']} "
+                                 f"tokens (~{in_flight:.0f} in flight); simulated")
     console.print(f"Plot written to {path}")
