@@ -161,3 +161,11 @@ def test_our_reading_equals_vllms(vllm_parser, args: list[str]) -> None:
     for knob, value in ours.items():
         theirs = getattr(ns, "lora_target_modules" if knob == "target_modules" else knob)
         assert (tuple(theirs) if isinstance(theirs, list) else theirs) == value, knob
+
+
+def test_max_cpu_loras_none_in_extra_args_is_vllms_default(tmp_path: Path) -> None:
+    """vLLM reads `--max-cpu-loras None` as "max_loras"; without the flag the launcher passes every adapter."""
+    knobs = resolve_knobs(_registry(tmp_path, {"max_loras": 2, "extra_args": ["--max-cpu-loras", "None"]}),
+                          {"a": 8, "b": 8, "c": 8})
+    assert knobs.max_cpu_loras == 2 and "max_cpu_loras" in knobs.from_extra_args
+    assert resolve_knobs(_registry(tmp_path, {"max_loras": 2}), {"a": 8, "b": 8, "c": 8}).max_cpu_loras == 3

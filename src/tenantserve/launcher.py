@@ -165,7 +165,8 @@ def resolve_knobs(registry: Registry, ranks: dict[str, int]) -> ResolvedKnobs:
                 code="rank_too_high",
             )
     max_cpu = extra.get("max_cpu_loras", engine.max_cpu_loras)
-    max_cpu = max_cpu if max_cpu is not None else max(max_loras, len(ranks))
+    if max_cpu is None:  # vLLM's own default for an explicit `--max-cpu-loras None` is max_loras
+        max_cpu = max_loras if "max_cpu_loras" in extra else max(max_loras, len(ranks))
     if max_cpu < max_loras:  # type: ignore[operator]
         where = extra.where.get("max_cpu_loras", "engine.max_cpu_loras")
         raise RegistryError(f"max_cpu_loras {max_cpu} ({where}) must be >= max_loras {max_loras} "
