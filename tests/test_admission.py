@@ -85,7 +85,7 @@ def test_registry_field_declares_the_base_too(tmp_path: Path, base: Path, cache:
             "base_model.model.model.embed_tokens.weight": (64, 32)})),
         ("unsupported_feature", lambda d, b: make_adapter(d, config={"use_dora": True})),
         ("no_target_match", lambda d, b: make_adapter(d, targets=("c_attn",), weight_targets=())),
-        ("no_target_match", lambda d, b: make_adapter(d, targets=("c_attn", "c_proj"), weight_targets=("q_proj",))),
+        ("weights_untargeted", lambda d, b: make_adapter(d, targets=("c_attn", "c_proj"), weight_targets=("q_proj",))),
         ("shape_mismatch", lambda d, b: make_adapter(d, hidden=48)),
         ("shape_mismatch", lambda d, b: make_adapter(d, layers=4)),
         ("weights_truncated", lambda d, b: (make_adapter(d), truncate(d / "adapter_model.safetensors"))),

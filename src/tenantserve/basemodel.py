@@ -17,10 +17,11 @@ from tenantserve.errors import BaseModelError
 from tenantserve.fingerprint import FileChange, Fingerprint, Progress, fingerprint, manifest_digest
 from tenantserve.fpcache import FingerprintCache
 from tenantserve.registry import Registry
-from tenantserve.weights import TensorInfo, read_headers
+from tenantserve.weights import BASE_HEADER_LIMIT, TensorInfo, read_bounded, read_headers
 
 BaseResult = Literal["match", "mismatch", "unpinned"]
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
+_CONFIG_LIMIT = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class BaseFacts:
     vocab_size: int | None
     tied_embeddings: bool
     tensors: dict[str, TensorInfo] | None  # None: weights are not safetensors, shapes unknown
+    max_position_embeddings: int | None = None  # vLLM hands it to its adapter-config reader
 
     @classmethod
     def read(
@@ -45,16 +47,19 @@ class BaseFacts:
         if fp is None:
             cache = cache if cache is not None else FingerprintCache.default()
             fp = fingerprint(path, cache=cache, workers=workers, on_progress=on_progress)
+        label = f"base at {path}"
         try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            config = json.loads(read_bounded(path / "config.json", _CONFIG_LIMIT, label=label,
+                                             too_large="base_config_invalid", unreadable="base_config_invalid",
+                                             error=BaseModelError))
         except FileNotFoundError:
-            raise BaseModelError(f"base at {path}: config.json not found", code="base_config_missing") from None
-        except (OSError, ValueError) as exc:
-            raise BaseModelError(f"base at {path}: config.json unreadable: {exc}", code="base_config_invalid") from None
+            raise BaseModelError(f"{label}: config.json not found", code="base_config_missing") from None
+        except (ValueError, RecursionError) as exc:
+            raise BaseModelError(f"{label}: config.json unreadable: {exc}", code="base_config_invalid") from None
         if not isinstance(config, dict):
-            raise BaseModelError(f"base at {path}: config.json is not an object", code="base_config_invalid")
+            raise BaseModelError(f"{label}: config.json is not an object", code="base_config_invalid")
         shards = sorted(path.glob("*.safetensors"))
-        tensors = read_headers(shards, label=f"base at {path}", error=BaseModelError) if shards else None
+        tensors = read_headers(shards, label=label, error=BaseModelError, limit=BASE_HEADER_LIMIT) if shards else None
         return cls(
             path=path,
             fingerprint=fp,
@@ -63,6 +68,7 @@ class BaseFacts:
             vocab_size=_int(config.get("vocab_size")),
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             tensors=tensors,
+            max_position_embeddings=_int(config.get("max_position_embeddings")),
         )
 
     def linear_modules(self) -> dict[str, tuple[int, int]]:

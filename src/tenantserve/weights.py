@@ -1,17 +1,27 @@
-"""Tensor names and shapes from safetensors headers, without loading a single weight.
+"""Tensor names and shapes from safetensors headers, without loading a single weight; and the one bounded read that
+every untrusted file (adapter config, stamp, safetensors header) goes through.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header (name -> dtype, shape, byte offsets) and
 the data. Reading the header tells the shapes of a 12.5 GiB model in microseconds and proves the file is complete:
 a truncated download is shorter than the header says.
+
+Tenants write their own adapter folders: a file may be huge, a FIFO (an open() that never returns), a device
+(``/dev/zero``: endless) or have a NUL byte in its name. ``open_untrusted`` opens without blocking and accepts only
+regular files; ``read_bounded`` never reads more than its limit (+1 byte, to tell "too large").
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tenantserve.errors import AdapterError, TenantserveError
 
@@ -19,7 +29,11 @@ _DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
-_MAX_HEADER = 100 << 20
+#: An adapter's safetensors header: a rank-64 adapter of every linear layer of a 70B model is ~1,100 tensors, ~150 KiB.
+ADAPTER_HEADER_LIMIT = 16 << 20
+#: A base shard's header (operator-provided, so generous: the largest MoE shards list tens of thousands of tensors).
+BASE_HEADER_LIMIT = 100 << 20
+_MAX_DIMS = 16
 
 
 @dataclass(frozen=True)
@@ -28,27 +42,85 @@ class TensorInfo:
     shape: tuple[int, ...]
 
 
-def read_header(
-    path: Path, *, label: str, error: type[TenantserveError] = AdapterError
-) -> dict[str, TensorInfo]:
-    """Tensor infos of one safetensors file; ``AdapterError`` (weights_truncated / weights_invalid) if it is damaged."""
+@contextmanager
+def open_untrusted(
+    path: Path, *, label: str, unreadable: str, error: type[TenantserveError] = AdapterError
+) -> Iterator[tuple[BinaryIO, int]]:
+    """Open a regular file for reading without blocking; yield (file, size in bytes).
+
+    ``FileNotFoundError`` passes through (the caller decides whether absence is an error). A NUL byte or another
+    unusable name, a FIFO, socket, device or directory: ``error`` with code ``path_invalid``. Other OS errors:
+    ``error`` with code ``unreadable``.
+    """
     try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise _truncated(error, label, path, f"{size} bytes, shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER:
-                raise _invalid(error, label, path, f"header length {n} is not plausible")
-            raw = fh.read(n)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:  # "embedded null byte"
+        raise error(f"{label}: {_show(path)} is not a usable path ({exc})", code="path_invalid") from None
     except OSError as exc:
-        raise error(f"{label}: cannot read {path}: {exc.strerror}", code="weights_unreadable") from None
+        raise error(f"{label}: cannot read {_show(path)}: {exc.strerror}", code=unreadable) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{label}: {_show(path)} is not a regular file", code="path_invalid")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            yield fh, st.st_size
+    finally:
+        os.close(fd)
+
+
+def read_bounded(
+    path: Path, limit: int, *, label: str, too_large: str, unreadable: str,
+    error: type[TenantserveError] = AdapterError,
+) -> bytes:
+    """The whole of a small untrusted file: at most ``limit`` bytes are ever read.
+
+    Larger (now, or grown while read): ``error`` with code ``too_large``. Errors as ``open_untrusted``.
+    """
+    with open_untrusted(path, label=label, unreadable=unreadable, error=error) as (fh, size):
+        if size > limit:
+            raise _too_large(error, label, path, size, limit, too_large)
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise error(f"{label}: cannot read {_show(path)}: {exc.strerror}", code=unreadable) from None
+    if len(data) > limit:
+        raise _too_large(error, label, path, len(data), limit, too_large)
+    return data
+
+
+def read_header(
+    path: Path, *, label: str, error: type[TenantserveError] = AdapterError, limit: int = ADAPTER_HEADER_LIMIT
+) -> dict[str, TensorInfo]:
+    """Tensor infos of one safetensors file whose header is at most ``limit`` bytes.
+
+    ``error`` (default ``AdapterError``) with code weights_missing, weights_unreadable, path_invalid,
+    weights_header_too_large, weights_truncated or weights_invalid.
+    """
+    try:
+        with open_untrusted(path, label=label, unreadable="weights_unreadable", error=error) as (fh, size):
+            try:
+                head = fh.read(8)
+                if len(head) < 8:
+                    raise _truncated(error, label, path, f"{size} bytes, shorter than the 8-byte header length")
+                (n,) = struct.unpack("<Q", head)
+                if n > limit:
+                    if n > size:
+                        raise _invalid(error, label, path, f"header length {n} is not plausible")
+                    raise error(f"{label}: {path.name} has a {n}-byte header, above the {limit}-byte limit for "
+                                "this file", code="weights_header_too_large")
+                raw = fh.read(n)
+            except OSError as exc:
+                raise error(f"{label}: cannot read {path}: {exc.strerror}", code="weights_unreadable") from None
+    except FileNotFoundError:
+        raise error(f"{label}: {path} not found", code="weights_missing") from None
     if len(raw) < n:
         raise _truncated(error, label, path, f"header says {n} bytes of JSON, file has {len(raw)}")
     try:
         header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _invalid(error, label, path, "header is not valid JSON") from None
     if not isinstance(header, dict):
         raise _invalid(error, label, path, "header is not a JSON object")
@@ -58,13 +130,16 @@ def read_header(
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (begin, end) = str(info["dtype"]), tuple(int(d) for d in info["shape"]), info["data_offsets"]
-            begin, end = int(begin), int(end)
+            dtype, dims, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if not isinstance(dtype, str) or not isinstance(dims, list) or len(dims) > _MAX_DIMS:
+                raise ValueError(dims)
+            shape, begin, end = tuple(_dim(d) for d in dims), _dim(begin), _dim(end)
         except (KeyError, TypeError, ValueError):
-            raise _invalid(error, label, path, f"tensor {name!r} has a malformed entry") from None
+            raise _invalid(error, label, path, f"tensor {_short(name)} has a malformed entry") from None
         width = _DTYPE_BYTES.get(dtype)
         if width is None or end < begin or (end - begin) != math.prod(shape) * width:
-            raise _invalid(error, label, path, f"tensor {name!r}: {dtype} {list(shape)} does not fit bytes {begin}..{end}")
+            raise _invalid(error, label, path,
+                           f"tensor {_short(name)}: {_short(dtype)} {list(shape)[:8]} does not fit bytes {begin}..{end}")
         tensors[name] = TensorInfo(dtype, shape)
         data_end = max(data_end, end)
     have = size - 8 - n
@@ -74,12 +149,12 @@ def read_header(
 
 
 def read_headers(
-    paths: list[Path], *, label: str, error: type[TenantserveError] = AdapterError
+    paths: list[Path], *, label: str, error: type[TenantserveError] = AdapterError, limit: int = ADAPTER_HEADER_LIMIT
 ) -> dict[str, TensorInfo]:
     """All tensors of a (possibly sharded) checkpoint."""
     tensors: dict[str, TensorInfo] = {}
     for path in paths:
-        tensors.update(read_header(path, label=label, error=error))
+        tensors.update(read_header(path, label=label, error=error, limit=limit))
     return tensors
 
 
@@ -88,6 +163,27 @@ def dtype_bytes(path: Path, *, label: str) -> int:
     tensors = read_header(path, label=label)
     first = next(iter(tensors.values()), None)
     return _DTYPE_BYTES[first.dtype] if first else 4
+
+
+def _dim(value: object) -> int:
+    """A non-negative JSON integer (not a bool, float or string: ``int("9" * 5000)`` would be slow and wrong)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 1 << 63:
+        raise ValueError(value)
+    return value
+
+
+def _short(value: object, width: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _show(path: Path) -> str:
+    return _short(str(path), 200)
+
+
+def _too_large(error: type[TenantserveError], label: str, path: Path, size: int, limit: int,
+               code: str) -> TenantserveError:
+    return error(f"{label}: {path.name} is larger than {limit} bytes (at least {size}); refused unread", code=code)
 
 
 def _truncated(error: type[TenantserveError], label: str, path: Path, detail: str) -> TenantserveError:
