@@ -111,3 +111,20 @@ def test_bf16_expand_is_within_bf16_rounding_of_float64() -> None:
     adapter = torch.tensor([i >= 0 for i in indices])
     torch.testing.assert_close(y[adapter].double(), ref[adapter], rtol=2e-2, atol=5e-2)
     assert torch.equal(y[~adapter], y0[~adapter])
+
+
+def test_scattered_rows_gather_once_and_one_run_per_slot_is_sliced() -> None:
+    scattered = RowGroups.of(torch.tensor([0, 1, -1, 0, 1]))
+    assert scattered.order is not None and scattered.order.tolist() == [0, 3, 1, 4]
+    assert scattered.spans == ((0, 0, 2), (1, 2, 4))
+    runs = RowGroups.of(torch.tensor([1, 1, -1, 0, 0, -1]))
+    assert runs.order is None and runs.slots == ((0, slice(3, 5)), (1, slice(0, 2)))
+
+
+def test_expand_refuses_a_slice_of_another_width() -> None:
+    """vLLM's op fails on it (shape mismatch); silently adding part of the delta would be worse."""
+    import pytest
+
+    with pytest.raises(ValueError, match="output columns"):
+        expand(torch.randn(2, 4), torch.randn(1, 1, 12, 4), torch.zeros(2, 20), RowGroups.of(torch.tensor([0, 0])),
+               0, 10, True)

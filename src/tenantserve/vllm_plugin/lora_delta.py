@@ -24,11 +24,18 @@ Rows = Union[slice, torch.Tensor]  # a contiguous run as a slice (no copy), else
 @dataclass(frozen=True)
 class RowGroups:
     """The rows of one batch grouped by LoRA slot: ``slots`` pairs each distinct slot (>= 0) with its rows, ``base``
-    holds the rows with no adapter (-1), or None when there are none. Depends only on the token-to-slot mapping."""
+    holds the rows with no adapter (-1), or None when there are none. Depends only on the token-to-slot mapping.
+
+    When some slot's rows are scattered (decode batches usually are), ``order`` lists the adapter rows sorted by
+    slot and ``spans`` gives each slot's ``(slot, start, end)`` in it: the ops then gather once, run one matmul per
+    slot on a contiguous span, and scatter once. When every slot's rows are one run (``order`` None) they are
+    sliced in place, with no copy at all."""
 
     rows: int
     slots: tuple[tuple[int, Rows], ...]
     base: Rows | None
+    order: torch.Tensor | None = None
+    spans: tuple[tuple[int, int, int], ...] = ()
 
     @classmethod
     def of(cls, indices: torch.Tensor) -> RowGroups:
@@ -38,8 +45,15 @@ class RowGroups:
         for row, slot in enumerate(indices.tolist()):
             members.setdefault(slot if slot >= 0 else -1, []).append(row)
         base = members.pop(-1, None)
-        return cls(indices.shape[0], tuple((slot, _rows(rows)) for slot, rows in sorted(members.items())),
-                   _rows(base) if base else None)
+        slots = tuple((slot, _rows(rows)) for slot, rows in sorted(members.items()))
+        order, spans = None, []
+        if not all(isinstance(rows, slice) for _, rows in slots):
+            flat: list[int] = []
+            for slot, rows in sorted(members.items()):
+                spans.append((slot, len(flat), len(flat) + len(rows)))
+                flat += rows
+            order = torch.tensor(flat, dtype=torch.long)
+        return cls(indices.shape[0], slots, _rows(base) if base else None, order, tuple(spans))
 
     @property
     def all_base(self) -> bool:
@@ -51,22 +65,6 @@ def _rows(rows: list[int]) -> Rows:
     if rows[-1] - rows[0] + 1 == len(rows):
         return slice(rows[0], rows[-1] + 1)
     return torch.tensor(rows, dtype=torch.long)
-
-
-def _take(t: torch.Tensor, rows: Rows) -> torch.Tensor:
-    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
-
-
-def _put(t: torch.Tensor, rows: Rows, value: torch.Tensor, add: bool) -> None:
-    if isinstance(rows, slice):
-        if add:
-            t[rows] += value
-        else:
-            t[rows] = value
-    elif add:
-        t.index_add_(0, rows, value)
-    else:
-        t.index_copy_(0, rows, value)
 
 
 def _zero(t: torch.Tensor, rows: Rows) -> None:
@@ -82,12 +80,18 @@ def _slot_weight(weights: torch.Tensor, slot: int) -> torch.Tensor:
     return w.squeeze(0) if w.dim() == 3 else w
 
 
-def _matmul_t(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x @ w.T`` in ``dtype``, the way vLLM's ops compute it (operands cast to ``dtype``); bf16/fp16 products are
-    accumulated in float32 (from operands rounded to ``dtype``, as vLLM's) and rounded once."""
-    if dtype in (torch.bfloat16, torch.float16):
-        return (x.to(dtype).to(torch.float32) @ w.to(dtype).to(torch.float32).T).to(dtype)
-    return x.to(dtype) @ w.to(dtype).T
+def _operand(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as vLLM's ops use it (cast to the output dtype), then in the dtype the product is computed in: bf16 and
+    fp16 products are accumulated in float32 and rounded once, as their GEMMs do (AVX2 has no fast bf16 GEMM)."""
+    t = t.to(dtype)
+    return t.to(torch.float32) if dtype in (torch.bfloat16, torch.float16) else t
+
+
+def _weight(weights: torch.Tensor, slot: int, dtype: torch.dtype, rows: int) -> torch.Tensor:
+    w = _slot_weight(weights, slot)[:rows]
+    if w.shape[0] != rows:
+        raise ValueError(f"LoRA weights give {w.shape[0]} output columns, the output slice has {rows}")
+    return _operand(w, dtype)
 
 
 def shrink(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: RowGroups, scale: float) -> None:
@@ -98,8 +102,16 @@ def shrink(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: Ro
     target = out[:, :rank]
     if groups.base is not None:
         _zero(target, groups.base)
-    for slot, rows in groups.slots:
-        _put(target, rows, scale * _matmul_t(_take(x, rows), _slot_weight(weights, slot), out.dtype), add=False)
+    if groups.order is None:
+        for slot, rows in groups.slots:
+            h = _operand(x[rows], out.dtype) @ _weight(weights, slot, out.dtype, rank).T
+            target[rows] = scale * h.to(out.dtype)
+        return
+    xs = _operand(x.index_select(0, groups.order), out.dtype)
+    hs = torch.empty(xs.shape[0], rank, dtype=xs.dtype)
+    for slot, start, end in groups.spans:
+        torch.mm(xs[start:end], _weight(weights, slot, out.dtype, rank).T, out=hs[start:end])
+    target.index_copy_(0, groups.order, scale * hs.to(out.dtype))
 
 
 def expand(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: RowGroups, offset: int = 0,
@@ -108,18 +120,31 @@ def expand(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: Ro
     zeroed when not (vLLM's ``add_inputs=False`` sets every row).
 
     ``x``: (rows, rank); ``weights``: (slots, [1,] out, rank). ``size`` None: the columns the weights and ``out``
-    have in common from ``offset`` (vLLM's ``bgmv_expand`` tolerates padding either side); else exactly ``size``."""
-    trim = size is None
+    have in common from ``offset`` (vLLM's ``bgmv_expand`` tolerates padding either side); else exactly ``size``
+    (``ValueError`` if the weights have another width, as vLLM's op fails on it)."""
+    width = _slot_weight(weights, 0).shape[0]
     if size is None:
-        size = min(_slot_weight(weights, 0).shape[0], out.shape[1] - offset)
+        size = min(width, out.shape[1] - offset)
+    elif width != size:
+        raise ValueError(f"LoRA weights give {width} output columns, the output slice has {size}")
     target = out[:, offset : offset + size]
     if not add and groups.base is not None:
         _zero(target, groups.base)
-    for slot, rows in groups.slots:
-        w = _slot_weight(weights, slot)
-        w = w[:size] if trim else w
-        h = _take(x, rows)
-        if add and isinstance(rows, slice) and out.dtype == torch.float32:
-            target[rows].addmm_(h.to(out.dtype), w.to(out.dtype).T)  # in place: no delta temporary, one pass over y
-        else:
-            _put(target, rows, _matmul_t(h, w, out.dtype), add=add)
+    if groups.order is None:
+        for slot, rows in groups.slots:
+            h, w = _operand(x[rows], out.dtype), _weight(weights, slot, out.dtype, size)
+            if add and h.dtype == out.dtype:
+                target[rows].addmm_(h, w.T)  # in place: no delta temporary, one pass over the output
+            elif add:
+                target[rows] += (h @ w.T).to(out.dtype)
+            else:
+                target[rows] = (h @ w.T).to(out.dtype)
+        return
+    hs = _operand(x.index_select(0, groups.order), out.dtype)
+    ds = torch.empty(hs.shape[0], size, dtype=hs.dtype)
+    for slot, start, end in groups.spans:
+        torch.mm(hs[start:end], _weight(weights, slot, out.dtype, size).T, out=ds[start:end])
+    if add:
+        target.index_add_(0, groups.order, ds.to(out.dtype))
+    else:
+        target.index_copy_(0, groups.order, ds.to(out.dtype))
