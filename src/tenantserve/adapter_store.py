@@ -101,6 +101,10 @@ class AdapterStore:
         p = Path(path)
         return p.parent == self.root and p.name.startswith(_DIR_PREFIX)
 
+    def fingerprint_of(self, path: Path | str) -> str | None:
+        """The content fingerprint a store path is named by (None for a path outside the store). Pure."""
+        return PREFIX + Path(path).name.removeprefix(_DIR_PREFIX) if self.contains(path) else None
+
     # -- reading a tenant's folder ---------------------------------------------------------------------------------
 
     def digest(self, source: Path, *, label: str = "adapter", follow_symlinks: bool = True,

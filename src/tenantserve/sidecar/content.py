@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from tenantserve.adapter_store import AdapterStore, StoredAdapter, changed_error
-from tenantserve.fingerprint import PREFIX
+from tenantserve.fpcache import FingerprintCache
 from tenantserve.registry import AdapterSpec, Registry
 from tenantserve.sidecar.ownership import tenant_folder
 
@@ -32,6 +32,11 @@ class ServedContent:
         self.store = store
         self.adapters_root = adapters_root
         self._loaded: dict[str, tuple[Path, str]] = {}  # name -> (folder, fingerprint) last served
+
+    @classmethod
+    def default(cls, adapters_root: Path) -> ServedContent:
+        """The store named by the environment, with the user's fingerprint cache (reads it: call from a thread)."""
+        return cls(AdapterStore.default(cache=FingerprintCache.default()), adapters_root)
 
     def scope(self, tenant_id: str, folder: Path) -> Path | None:
         """The tenant's folder when the adapter lies in it (its files must stay inside); None for an adapter the
@@ -77,14 +82,17 @@ class ServedContent:
         loaded = self._loaded.get(adapter.name)
         if loaded is not None and loaded[0] == folder:
             return loaded[1]
-        if served is not None and self.store.contains(served):
-            return PREFIX + Path(served).name.removeprefix("sha256-")
-        return None
+        return self.store.fingerprint_of(served) if served is not None else None
 
     def loaded(self, name: str, folder: Path, path: Path | str) -> None:
         """Remember that ``name`` (from ``folder``) is served from the store copy ``path``."""
-        if self.store.contains(path):
-            self._loaded[name] = (folder, PREFIX + Path(path).name.removeprefix("sha256-"))
+        fingerprint = self.store.fingerprint_of(path)
+        if fingerprint is not None:
+            self._loaded[name] = (folder, fingerprint)
+
+    def forget(self, name: str) -> None:
+        """``name`` was offboarded: whatever is onboarded under it next is judged afresh."""
+        self._loaded.pop(name, None)
 
     def retain(self, names: set[str]) -> None:
         for name in set(self._loaded) - names:
