@@ -14,10 +14,12 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tenantserve.errors import EngineError, RegistryError, TenantserveError
+from tenantserve.errors import AdapterError, EngineError, RegistryError, TenantserveError
 from tenantserve.registry import AdapterSpec, Registry
 from tenantserve.sidecar.config import SidecarConfig
+from tenantserve.sidecar.content import ServedContent
 from tenantserve.sidecar.engine_client import AdapterAlreadyLoaded, EngineClient, EngineUnverified
 from tenantserve.sidecar.metrics import SidecarMetrics
 from tenantserve.sidecar.state import AdapterState, StatusBoard
@@ -63,9 +65,11 @@ class ReconcileStatus:
 
 class Reconciler:
     def __init__(self, store: RegistryStore, engine: EngineClient, board: StatusBoard, metrics: SidecarMetrics,
-                 config: SidecarConfig, admit: Admit) -> None:
+                 config: SidecarConfig, admit: Admit, *, content: ServedContent | None = None) -> None:
         self.store, self.engine, self.board, self.metrics, self.config = store, engine, board, metrics, config
         self._admit = admit
+        #: Serve adapter-store copies, and withdraw an adapter whose folder no longer holds the admitted content.
+        self._content = content
         self.status = ReconcileStatus()
         self._wake = asyncio.Event()
         self._run_lock = asyncio.Lock()
@@ -152,6 +156,11 @@ class Reconciler:
         self.status.engine_verified = self.engine.verified if self.engine.needs_proof else None
         desired = {a.name: (t.id, str(registry.adapter_path(a))) for t, a in registry.adapters()}
         self.board.retain(set(desired))
+        withdrawn: dict[str, tuple[str, str, TenantserveError]] = {}
+        if self._content is not None:  # each folder re-fingerprinted (a stat per unchanged file)
+            desired, withdrawn = await asyncio.to_thread(self._resolve, registry, actual)
+        for name, (tenant, folder, error) in withdrawn.items():
+            self._show_withdrawn(name, tenant, folder, error)
         for name, (tenant, path) in desired.items():
             self.board.ensure(name, tenant, path)
             state = self.board.get(name).state  # type: ignore[union-attr]
@@ -159,14 +168,17 @@ class Reconciler:
                 self.board.set(name, AdapterState.LOADED, last_error=None, error_code=None, attempts=0)
             elif actual.get(name) != path and state is AdapterState.LOADED:  # the engine lost it (a restart)
                 self.board.set(name, AdapterState.DESIRED)
-        plan = diff({n: p for n, (_, p) in desired.items()}, actual)
-        self.status.last_plan = {"load": list(plan.load), "unload": list(plan.unload), "replace": list(plan.replace)}
-        if plan.empty:
+        plan = diff({n: p for n, (_, p) in desired.items()}, {n: p for n, p in actual.items() if n not in withdrawn})
+        withdraw = sorted(n for n in withdrawn if n in actual)
+        self.status.last_plan = {"load": list(plan.load), "unload": list(plan.unload), "replace": list(plan.replace),
+                                 "withdraw": withdraw}
+        if plan.empty and not withdraw:
             self.status.last_error = None
             return "ok"
         sem = asyncio.Semaphore(self.config.load_concurrency)
         ctx = _PassContext(registry, generation)
         jobs = [self._unload(n, ctx, sem) for n in plan.unload]
+        jobs += [self._withdraw(n, sem) for n in withdraw]
         jobs += [self._load(n, ctx, sem, replace=n in plan.replace) for n in (*plan.load, *plan.replace)]
         errors = sum(await asyncio.gather(*jobs))
         if errors:
@@ -174,6 +186,47 @@ class Reconciler:
             return "error"
         self.status.last_error = None
         return "ok"
+
+    def _resolve(self, registry: Registry, actual: Mapping[str, str]
+                 ) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str, TenantserveError]]]:
+        """Each adapter's store copy ({name: (tenant, path)}), and the adapters whose folder no longer holds their
+        admitted content ({name: (tenant, folder, error)}). Blocking: run in a thread."""
+        assert self._content is not None
+        desired: dict[str, tuple[str, str]] = {}
+        withdrawn: dict[str, tuple[str, str, TenantserveError]] = {}
+        for tenant, adapter in registry.adapters():
+            folder = str(registry.adapter_path(adapter))
+            try:
+                desired[adapter.name] = (tenant.id, str(self._content.resolve(registry, tenant.id, adapter,
+                                                                              actual.get(adapter.name))))
+            except TenantserveError as exc:
+                withdrawn[adapter.name] = (tenant.id, folder, exc)
+            except OSError as exc:
+                withdrawn[adapter.name] = (tenant.id, folder, AdapterError(
+                    f"adapter '{adapter.name}': cannot read {folder}: {exc.strerror or exc}", code="unreadable"))
+        self._content.retain(set(desired) | set(withdrawn))
+        return desired, withdrawn
+
+    def _show_withdrawn(self, name: str, tenant: str, folder: str, error: TenantserveError) -> None:
+        """``failed`` with the reason; looked at again next pass (restoring the files brings it back)."""
+        status = self.board.get(name)
+        if status is None or status.tenant != tenant:
+            self.board.ensure(name, tenant, folder)
+        self.board.set(name, AdapterState.FAILED, last_error=str(error), error_code=error.code,
+                       next_retry=time.monotonic() + self.config.reconcile_interval)
+
+    async def _withdraw(self, name: str, sem: asyncio.Semaphore) -> int:
+        """Unload a registered adapter whose folder changed (its store copy would still serve the old content)."""
+        lock = self.store.lock(f"adapter:{name}")
+        if lock.locked():
+            return 0
+        async with lock, sem:
+            try:
+                await self.engine.unload(name)
+            except TenantserveError as exc:
+                self.status.last_error = str(exc)
+                return 1
+            return 0
 
     async def _fresh(self, ctx: _PassContext) -> Registry:
         """The registry to decide with: re-read if an admin operation wrote it since this pass read it."""
@@ -209,9 +262,13 @@ class Reconciler:
             if status.state is AdapterState.FAILED and time.monotonic() < status.next_retry:
                 return 0
             tenant, adapter = found
-            path = str(registry.adapter_path(adapter))
+            folder = registry.adapter_path(adapter)
+            path = str(folder)
             self.board.set(name, AdapterState.LOADING)
             try:
+                if self._content is not None:  # load the store copy, and admit exactly that
+                    path = str(await asyncio.to_thread(self._content.resolve, registry, tenant.id, adapter, None))
+                    adapter = adapter.model_copy(update={"path": Path(path)})
                 await asyncio.to_thread(self._admit, registry, adapter)
                 if replace:
                     await self.engine.unload(name)
@@ -226,6 +283,8 @@ class Reconciler:
                 return 1
             self.board.set(name, AdapterState.LOADED, load_seconds=seconds, last_error=None, error_code=None,
                            attempts=0)
+            if self._content is not None:
+                self._content.loaded(name, folder, path)
             return 0
 
 
