@@ -21,6 +21,7 @@ from tenantserve.admission import BaseFacts, admit
 from tenantserve.errors import EngineError, TenantserveError
 from tenantserve.registry import AdapterSpec, Registry, TenantSpec
 from tenantserve.sidecar.config import SidecarConfig
+from tenantserve.sidecar.content import ServedContent
 from tenantserve.sidecar.engine_client import EngineClient
 from tenantserve.sidecar.errors import Conflict, NotFound, NotServable
 from tenantserve.sidecar.metrics import SidecarMetrics
@@ -32,8 +33,10 @@ from tenantserve.sidecar.store import RegistryStore
 
 class AdminService:
     def __init__(self, store: RegistryStore, engine: EngineClient, board: StatusBoard, metrics: SidecarMetrics,
-                 config: SidecarConfig, *, max_lora_rank: int | None, base: BaseFacts | None = None) -> None:
+                 config: SidecarConfig, *, max_lora_rank: int | None, base: BaseFacts | None = None,
+                 content: ServedContent | None = None) -> None:
         self.store, self.engine, self.board, self.metrics, self.config = store, engine, board, metrics, config
+        self.content = content  # None: serve folders as they are (tests without an adapter store)
         self.max_lora_rank = max_lora_rank
         self.base = base
 
@@ -149,10 +152,28 @@ class AdminService:
                     raise Conflict(f"adapter '{body.name}' is already registered (tenant {owner.id}, "
                                    f"path {registry.adapter_path(current)})", code="adapter_exists")
             await asyncio.to_thread(self._check_ownership, registry, tenant_id, spec, folder)
-            await asyncio.to_thread(self._admit, registry, spec)
+            path, pinned = await asyncio.to_thread(self._admit_copy, registry, tenant_id,
+                                                   spec if registered is None else registered[1], registered is None)
+            if pinned is not None:
+                spec = spec.model_copy(update={"fingerprint": pinned})
             status = await self._make_servable(tenant_id, body.name, path, persist=registered is None, spec=spec)
+            if self.content is not None:
+                self.content.loaded(body.name, registry.adapter_path(spec), path)
             outcome["result"] = "created" if registered is None else "unchanged"
             return status, registered is None
+
+    def _admit_copy(self, registry: Registry, tenant_id: str, spec: AdapterSpec, new: bool) -> tuple[str, str | None]:
+        """Copy the folder into the adapter store and admit the copy: (the path to load, its fingerprint to pin).
+        A repeat of a registered adapter is held to its admitted content (``adapter_changed``). Blocking I/O."""
+        if self.content is None:
+            self._admit(registry, spec)
+            return str(registry.adapter_path(spec)), None
+        if new:
+            path = self.content.put(registry, tenant_id, spec).path
+        else:
+            path = self.content.resolve(registry, tenant_id, spec, None)
+        self._admit(registry, spec.model_copy(update={"path": path}))
+        return str(path), self.content.store.fingerprint_of(path)
 
     async def _make_servable(self, tenant_id: str, name: str, path: str, *, persist: bool,
                              spec: AdapterSpec) -> AdapterStatus:
@@ -209,6 +230,8 @@ class AdminService:
 
             await self.store.mutate(change)
             self.board.discard(name)
+            if self.content is not None:
+                self.content.forget(name)
             try:
                 unloaded = await self.engine.unload(name)
             except EngineError:
