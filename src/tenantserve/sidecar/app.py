@@ -20,6 +20,7 @@ from tenantserve.launcher import derive_max_lora_rank
 from tenantserve.registry import Registry
 from tenantserve.sidecar.basepin import read_served_base
 from tenantserve.sidecar.config import SidecarConfig
+from tenantserve.sidecar.content import ServedContent
 from tenantserve.sidecar.engine_client import EngineClient
 from tenantserve.sidecar.exposure import ExposureGuard
 from tenantserve.sidecar.http import install_error_handlers
@@ -56,8 +57,10 @@ def create_app(config: SidecarConfig, *, metrics_registry: CollectorRegistry | N
                               timeout=config.request_timeout, transport=engine_transport)
         board = StatusBoard(metrics)
         base, app.state.base_check = await asyncio.to_thread(read_served_base, registry, metrics)
-        service = AdminService(store, engine, board, metrics, config, max_lora_rank=slot_rank(registry), base=base)
-        reconciler = Reconciler(store, engine, board, metrics, config, service.admit)
+        content = await asyncio.to_thread(ServedContent.default, config.adapters_root)  # the adapter store
+        service = AdminService(store, engine, board, metrics, config, max_lora_rank=slot_rank(registry), base=base,
+                               content=content)
+        reconciler = Reconciler(store, engine, board, metrics, config, service.admit, content=content)
         app.state.metrics, app.state.store, app.state.engine = metrics, store, engine
         app.state.service, app.state.reconciler = service, reconciler
         app.state.keys = KeyService(store, metrics)
