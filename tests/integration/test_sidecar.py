@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tenantserve import embedded
+from tenantserve.adapter_store import AdapterStore
 from tenantserve.fingerprint import fingerprint
 from tenantserve.metrics import per_label
 from tenantserve.registry import Registry
@@ -110,7 +111,9 @@ def test_onboard_at_runtime_and_serve_through_openai(stack: Stack) -> None:
         assert again.status_code == 200  # idempotent repeat
     assert stack.complete("hooli-sql@v1") == embedded.SQL_ON_SQL
     assert stack.engine.process.pid == pid and stack.engine.process.running()  # no restart
-    assert "hooli-sql@v1" in stack.registered() and stack.served()["hooli-sql@v1"] == str(path)
+    store = AdapterStore.default()  # served from the admitted copy, never from the tenant's folder
+    assert "hooli-sql@v1" in stack.registered() and stack.served()["hooli-sql@v1"] == str(store.path_for(
+        store.digest(path)))
     assert stack.sidecar.sample("tenantserve_adapter_warmup_seconds_count") >= 1
     assert stack.sidecar.sample("tenantserve_adapters", state="loaded") == 4
 
