@@ -52,15 +52,26 @@ def make_base(path: Path, *, hidden: int = 32, layers: int = 2, vocab: int = 64,
 
 def make_adapter(path: Path, *, rank: int = 8, hidden: int = 32, layers: int = 2, targets: tuple[str, ...] = ("q_proj",
                  "v_proj"), weight_targets: tuple[str, ...] | None = None, config: dict | None = None,
-                 extra_tensors: dict[str, tuple[int, ...]] | None = None, seed: int = 1) -> Path:
-    """A PEFT LoRA adapter directory for a base of ``hidden`` x ``layers`` (attention modules only)."""
+                 extra_tensors: dict[str, tuple[int, ...]] | None = None, seed: int = 1, inter: int = 48,
+                 module_ranks: dict[str, int] | None = None, adapter_segment: str | None = None) -> Path:
+    """A PEFT LoRA adapter directory for a base of ``hidden`` x ``layers`` (attention and MLP modules).
+
+    ``module_ranks``: tensor rank by module suffix (``q_proj``) or full name (``model.layers.0.self_attn.q_proj``),
+    whatever the config says. ``adapter_segment``: write names the way ``model.state_dict()`` does
+    (``.lora_A.default.weight``) instead of ``save_pretrained``.
+    """
     rng = np.random.default_rng(seed)
     t: dict[str, np.ndarray] = {}
+    seg = f".{adapter_segment}" if adapter_segment else ""
     for i in range(layers):
         for m in weight_targets if weight_targets is not None else targets:
-            p = f"base_model.model.model.layers.{i}.self_attn.{m}"
-            t[f"{p}.lora_A.weight"] = rng.standard_normal((rank, hidden), np.float32)
-            t[f"{p}.lora_B.weight"] = rng.standard_normal((hidden, rank), np.float32)
+            module = f"model.layers.{i}.{'mlp' if m in MLP else 'self_attn'}.{m}"
+            r = (module_ranks or {}).get(module, (module_ranks or {}).get(m, rank))
+            fan_in = inter if m == "down_proj" else hidden
+            fan_out = inter if m in ("gate_proj", "up_proj") else hidden
+            p = f"base_model.model.{module}"
+            t[f"{p}.lora_A{seg}.weight"] = rng.standard_normal((r, fan_in), np.float32)
+            t[f"{p}.lora_B{seg}.weight"] = rng.standard_normal((fan_out, r), np.float32)
     for name, shape in (extra_tensors or {}).items():
         t[name] = rng.standard_normal(shape, np.float32)
     path.mkdir(parents=True, exist_ok=True)

@@ -323,16 +323,20 @@ def _check_engine_filter(label: str, modules: list[LoraModule], engine: EngineLo
     if engine.target_modules is None:
         return ()
     packed = dict(engine.packed_modules)
-    dropped = sorted({m.module.rsplit(".", 1)[-1] for m in modules if not engine_keeps(m.module, engine.target_modules,
-                                                                                       packed)})
-    kept = sorted({m.module.rsplit(".", 1)[-1] for m in modules}.difference(dropped))
-    flag = f"--lora-target-modules {' '.join(engine.target_modules)}"
-    if not kept:
-        raise AdapterError(f"{label}: the engine's {flag} keeps none of its modules ({', '.join(dropped)}): it "
-                           "would silently serve the base model", code="no_target_match")
+    total: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for m in modules:
+        suffix = m.module.rsplit(".", 1)[-1]
+        total[suffix] = total.get(suffix, 0) + 1
+        if not engine_keeps(m.module, engine.target_modules, packed):
+            dropped[suffix] = dropped.get(suffix, 0) + 1
+    flag = f"--lora-target-modules {_short(' '.join(engine.target_modules))}"
+    if sum(dropped.values()) == len(modules):
+        raise AdapterError(f"{label}: the engine's {flag} keeps none of its modules ({', '.join(sorted(dropped))}): "
+                           "it would silently serve the base model", code="no_target_match")
     if dropped:
-        return (f"{label}: the engine's {flag} drops its weights for {', '.join(dropped)} (served with "
-                f"{', '.join(kept)} only)",)
+        parts = [s if n == total[s] else f"{s} ({n} of {total[s]})" for s, n in sorted(dropped.items())]
+        return (f"{label}: the engine's {flag} drops its weights for {', '.join(parts)} (not served)",)
     return ()
 
 
