@@ -39,11 +39,21 @@ def fake_vllm(gate: threading.Event | None = None) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict:
         names = ["demo-base", "sql", "pirate", "french", "loaded-at-runtime"]
-        return {"object": "list", "data": [{"id": n, "object": "model"} for n in names]}
+        return {"object": "list", "data": [
+            {"id": n, "object": "model", "created": 1, "owned_by": "vllm", "root": f"/srv/models/{n}",
+             "parent": None if n == "demo-base" else "demo-base", "max_model_len": 256, "permission": [{}]}
+            for n in names]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await request.json()
+        if body.get("prompt") == "as-if-unloaded":  # vLLM's answer for a name it does not serve (right now)
+            return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not exist. Valid "
+                                           "aliases: demo-base.", "type": "NotFoundError", "param": "model",
+                                           "code": 404}}, status_code=404)
+        if body.get("prompt") == "other-404":
+            return JSONResponse({"error": {"message": "Response resp_1 not found", "type": "NotFoundError",
+                                           "param": None, "code": 404}}, status_code=404)
         if gate is not None:
             await anyio.to_thread.run_sync(gate.wait)
         if body.get("stream"):

@@ -66,3 +66,30 @@ def test_revoked_key_refused_within_the_interval_through_http(world: World) -> N
     resp = c.post("/v1/completions", json={"model": "sql"}, headers=bearer(key))
     assert resp.status_code == 401
     assert world.metrics.get_sample_value("tenantserve_auth_failures_total", {"reason": "revoked_key"}) == 1
+
+
+class CountingStat:
+    """``os.stat`` with a call counter (the real file is still stat'ed)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, path):
+        self.calls += 1
+        import os
+
+        return os.stat(path)
+
+
+def test_the_file_is_stated_on_every_request_and_reloaded_only_when_it_changed(world: World) -> None:
+    """The default: no interval. A registry written (atomically) before the sidecar's 201 is in force for the very
+    next request, at the same clock instant."""
+    clock, stat = Clock(), CountingStat()
+    watcher = RegistryWatcher(world.path, environ=ENV, clock=clock, stat=stat)
+    for _ in range(5):
+        watcher.current()
+    assert stat.calls == 5 and watcher.reloads == 1  # stat'ed each time, read once
+    world.registry.tenant("acme").adapters.append(AdapterSpec(name="sql-v2", path=world.path.parent / "x"))
+    world.save()
+    assert "sql-v2" in watcher.current().allowed_models("acme")  # same instant: clock.now never moved
+    assert stat.calls == 6 and watcher.reloads == 2

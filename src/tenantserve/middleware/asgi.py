@@ -1,16 +1,26 @@
 """``TenantMiddleware``: the ASGI class vLLM loads with ``--middleware tenantserve.middleware.TenantMiddleware``.
 
 It is the outermost layer of vLLM's FastAPI app (no extra network hop). Per request: classify the route, find the
-caller, and for tenant traffic read the JSON body (bounded), check the model against the tenant's ACL, take an
-in-flight slot, then hand vLLM the same body. ``GET /v1/models`` is filtered to what the caller may use.
+caller, and for tenant traffic read the JSON body (bounded in size and depth), check the model against the tenant's
+ACL and the sequences it asks for against its limits, take in-flight slots, then hand vLLM the checked document
+re-serialized, with the tenant's ``cache_salt`` on every route whose body model has that field. ``GET /v1/models``
+is filtered to what the caller may use. At startup it disables vLLM's adapter selection by content-part type
+(``adapter_guard``) and finds the salted routes in the app's own route table.
 Decisions live in ``policy`` (pure); this module only moves bytes, counts, and turns ``AccessError`` into a response.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
 import os
+import secrets
+import sys
 import time
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,17 +28,46 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from tenantserve.middleware.errors import AccessError, BadBody, BodyTooLarge, RateLimited
+from tenantserve import identity
+from tenantserve.middleware import adapter_guard
+from tenantserve.middleware.errors import (
+    AccessError,
+    BadBody,
+    BodyTooLarge,
+    IdentityUnavailable,
+    ModelNotFound,
+    RateLimited,
+)
 from tenantserve.middleware.metrics import TenantMetrics
-from tenantserve.middleware.policy import ADMIN, AccessView, Route, authorize, classify, label
+from tenantserve.middleware.policy import (
+    ADMIN,
+    AccessView,
+    Caller,
+    Route,
+    authorize,
+    classify,
+    label,
+    requested_sequences,
+)
 from tenantserve.middleware.watch import RegistryWatcher
+from tenantserve.vllm_plugin.patching import when_imported
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
+log = logging.getLogger("tenantserve.middleware")
+
 REGISTRY_ENV = "TENANTSERVE_REGISTRY"
-#: Generation routes that take vLLM's ``cache_salt``: the middleware sets it per tenant.
-SALTED_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses"})
+#: The server secret tenant cache salts are derived from; the launcher sets a fresh one per launch.
+SALT_SECRET_ENV = "TENANTSERVE_CACHE_SALT_SECRET"
+#: Metric label placeholders (reserved tenant ids, see registry.RESERVED_TENANT_IDS).
+ANONYMOUS_LABEL = "anonymous"
+OTHER_LABEL = "other"
+#: Deepest JSON nesting a tenant body may have (tool schemas need a few levels; 100,000 crashed vLLM's parser).
+MAX_JSON_DEPTH = 64
+#: The one field a tenant's model card keeps (OpenAI's; vLLM adds ``root``, a server path, and ``parent``).
+MODEL_CARD_FIELDS = ("id", "object", "created", "owned_by")
+IDENTITY_MAX_BODY = 1024
 
 
 class TenantMiddleware:
@@ -39,18 +78,38 @@ class TenantMiddleware:
         registry_path: Path | str | None = None,
         environ: Mapping[str, str] | None = None,
         metrics_registry: CollectorRegistry | None = None,
-        reload_interval: float = 1.0,
+        reload_interval: float = 0.0,
     ) -> None:
         environ = os.environ if environ is None else environ
         path = registry_path or environ.get(REGISTRY_ENV)
         if not path:
             raise RuntimeError(f"tenantserve middleware: set {REGISTRY_ENV} to the registry file")
         self.app = app
+        self.environ = environ
         self.watcher = RegistryWatcher(Path(path), environ=environ, interval=reload_interval)
         self.metrics = TenantMetrics(metrics_registry or prometheus_client.REGISTRY)
-        self.in_flight: dict[str, int] = {}
+        self.in_flight: dict[str, int] = {}  # tenant id -> sequences in flight
+        secret = environ.get(SALT_SECRET_ENV)
+        self._salt_key = secret.encode() if secret else secrets.token_bytes(32)
+        self.salted_paths: frozenset[str] | None = None  # None: unknown, every tenant body is salted
+        self._started = False
+
+    def start(self, app: object) -> None:
+        """Once, in the API server, before the first request: disable adapter selection by content-part type
+        (raises ``GuardUnavailable`` if this vLLM's selection cannot be found) and derive the salted routes."""
+        module = sys.modules.get(adapter_guard.SERVING_MODULE)
+        if module is not None:
+            adapter_guard.install(module)
+        else:  # not imported yet (a stand-in app): guard it the moment vLLM's serving module loads
+            when_imported(adapter_guard.SERVING_MODULE, adapter_guard.install)
+        self.salted_paths = salted_paths(app)
+        if self.salted_paths is not None:
+            log.info("tenantserve: cache_salt set per tenant on %s", ", ".join(sorted(self.salted_paths)))
+        self._started = True
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if not self._started and scope["type"] in ("lifespan", "http"):
+            self.start(scope.get("app"))
         if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
         if scope["type"] != "http":  # websockets (/v1/realtime): not part of the tenant surface
@@ -62,43 +121,70 @@ class TenantMiddleware:
             # health probes answer even without a registry; a CORS preflight carries no credentials by design and
             # is answered by vLLM's CORSMiddleware (inside this one) without reaching any route
             return await self.app(scope, receive, send)
-        caller: str | None = None
+        caller: Caller | None = None
         model: str | None = None
+        sequences = 1
         try:
             view = self.watcher.current()
+            if route is Route.IDENTITY:
+                return await self._identity(view, scope, receive, send)
             caller = authorize(view, route, _token(scope), _client(scope))
             if route is Route.INFERENCE and caller is not None:
                 body = await _read_body(scope, receive, view.max_body_bytes)
                 data = _json_object(body)
                 model = view.check_model(caller, data.get("model"))
-                if caller != ADMIN and scope["path"] in SALTED_ROUTES:
-                    body, scope = _salted(data, caller, scope)
+                if caller is not ADMIN:
+                    sequences = requested_sequences(data)
+                    view.check_sequences(caller, sequences)
+                    if self.salted_paths is None or scope["path"] in self.salted_paths:
+                        data["cache_salt"] = self.salt(caller)
+                # vLLM parses exactly the document checked here (no duplicate-key or depth games)
+                body, scope = _reserialized(data, scope)
                 receive = _replay(body, receive)
-            self._acquire(view, caller)
+            self._acquire(view, caller, sequences)
         except AccessError as exc:
             self.metrics.auth_failures.labels(exc.reason).inc()
             if route in (Route.INFERENCE, Route.MODELS):
-                self.metrics.requests.labels(caller or "anonymous", "other", str(exc.http_status)).inc()
+                self.metrics.requests.labels(_tenant_label(caller), OTHER_LABEL, str(exc.http_status)).inc()
             await _send_error(send, exc)
             return
         if caller is None or route is Route.ADMIN:
             return await self.app(scope, receive, send)
-        await self._serve_tenant(view, caller, model, route, scope, receive, send, started)
+        await self._serve_tenant(view, caller, model, route, sequences, scope, receive, send, started)
 
-    def _acquire(self, view: AccessView, caller: str | None) -> None:
-        if caller is None or caller == ADMIN:
+    def salt(self, tenant: str) -> str:
+        """The tenant's ``cache_salt``: HMAC-SHA256 of its id under the server secret (unguessable, stable for
+        one launch), so the prefix cache is never shared across tenants."""
+        return hmac.new(self._salt_key, tenant.encode(), hashlib.sha256).hexdigest()
+
+    def _acquire(self, view: AccessView, caller: Caller | None, sequences: int) -> None:
+        if caller is None or caller is ADMIN:
             return
         limit = view.limit_for(caller)
         current = self.in_flight.get(caller, 0)
-        if limit is not None and current >= limit:
+        if limit is not None and current + sequences > limit:
             self.metrics.rate_limited.labels(caller).inc()
-            raise RateLimited(f"too many requests in flight for this key (limit {limit}); retry shortly")
-        self.in_flight[caller] = current + 1
+            raise RateLimited(f"too many sequences in flight for this key ({current} running, this request asks "
+                              f"for {sequences}, limit {limit}); retry shortly")
+        self.in_flight[caller] = current + sequences
 
-    async def _serve_tenant(self, view: AccessView, caller: str, model: str | None, route: Route,
+    async def _identity(self, view: AccessView, scope: Scope, receive: Any, send: Any) -> None:
+        """``POST /tenantserve/identity {"nonce": <64 hex>}``: prove this engine holds the admin token, for the
+        port this server listens on. Needs no credential (it proves the token, it never reveals it)."""
+        token = self.environ.get(view.admin_token_env)
+        if not token:
+            raise IdentityUnavailable("the identity challenge is disabled: no admin token is configured")
+        data = _json_object(await _read_body(scope, receive, IDENTITY_MAX_BODY))
+        nonce = data.get("nonce")
+        if set(data) != {"nonce"} or not identity.valid_nonce(nonce):
+            raise BadBody('send {"nonce": "<64 lowercase hex characters>"}')
+        server = scope.get("server") or ("", 0)
+        await _send_json(send, 200, {"proof": identity.proof(token, nonce, int(server[1] or 0))})
+
+    async def _serve_tenant(self, view: AccessView, caller: Caller, model: str | None, route: Route, sequences: int,
                             scope: Scope, receive: Any, send: Any, started: float) -> None:
-        tenant = caller
-        model_label = label(model, view.all_models, "other") if model else "other"
+        tenant = _tenant_label(caller)
+        model_label = label(model, view.all_models, OTHER_LABEL) if model else OTHER_LABEL
         status = ["500"]
         gauge = self.metrics.in_flight.labels(tenant)
         gauge.inc()
@@ -109,16 +195,52 @@ class TenantMiddleware:
             await send(message)
 
         try:
-            if route is Route.MODELS and caller != ADMIN:
+            if route is Route.MODELS and caller is not ADMIN:
                 await _filtered_models(self.app, scope, receive, send_wrapper, view.allowed_models(caller))
+            elif route is Route.INFERENCE and caller is not ADMIN:
+                await _not_found_as_ours(self.app, scope, receive, send_wrapper, model)
             else:
                 await self.app(scope, receive, send_wrapper)
         finally:
             gauge.dec()
-            if caller != ADMIN:
-                self.in_flight[caller] -= 1
+            if caller is not ADMIN:
+                self.in_flight[caller] -= sequences
             self.metrics.requests.labels(tenant, model_label, status[0]).inc()
             self.metrics.duration.labels(tenant, model_label).observe(time.perf_counter() - started)
+
+
+def _tenant_label(caller: Caller | None) -> str:
+    if caller is None:
+        return ANONYMOUS_LABEL
+    return caller.label if caller is ADMIN else caller  # type: ignore[union-attr]
+
+
+def salted_paths(app: object) -> frozenset[str] | None:
+    """Paths of the app's routes whose JSON body model has a ``cache_salt`` field (every generation route of this
+    vLLM, however many it has), read from the FastAPI route table; None when ``app`` has no such table."""
+    routes = getattr(app, "routes", None)
+    if routes is None:
+        return None
+    found = set()
+    for route in routes:
+        dependant = getattr(route, "dependant", None)
+        for param in getattr(dependant, "body_params", ()) or ():
+            annotation = getattr(getattr(param, "field_info", None), "annotation", None)
+            if any("cache_salt" in getattr(m, "model_fields", {}) for m in _union_members(annotation)):
+                found.add(route.path)
+    return frozenset(found)
+
+
+def _union_members(annotation: object) -> list[object]:
+    members, stack = [], [annotation]
+    while stack:
+        node = stack.pop()
+        args = typing.get_args(node)
+        if args and typing.get_origin(node) in (typing.Union, types.UnionType, typing.Annotated):
+            stack.extend(args)
+        else:
+            members.append(node)
+    return members
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -165,21 +287,37 @@ async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def _json_object(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """The body as a JSON object; ``BadBody`` (400 invalid_json) for anything else, nesting deeper than
+    ``max_depth`` included (Python's parser raises RecursionError near 1,000 levels)."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadBody("request body is not valid JSON") from None
+    except RecursionError:
+        raise BadBody(f"request body is nested deeper than {max_depth} levels") from None
     if not isinstance(data, dict):
         raise BadBody("request body must be a JSON object")
+    if _depth_exceeds(data, max_depth):
+        raise BadBody(f"request body is nested deeper than {max_depth} levels")
     return data
 
 
-def _salted(data: dict[str, Any], tenant: str, scope: Scope) -> tuple[bytes, Scope]:
-    """The body vLLM gets: ``cache_salt`` forced to the tenant's, so the prefix cache is never shared across
-    tenants (a cache hit's speed-up would tell one tenant what another sent). Re-serializing also means vLLM
-    parses exactly the document the ACL checked (no duplicate-key games)."""
-    data["cache_salt"] = f"tenant-{tenant}"
+def _depth_exceeds(data: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
+
+
+def _reserialized(data: dict[str, Any], scope: Scope) -> tuple[bytes, Scope]:
+    """The body vLLM gets: the checked document (salt included), with a matching content-length."""
     body = json.dumps(data).encode()
     headers = [(k, v) for k, v in scope.get("headers", ()) if k != b"content-length"]
     headers.append((b"content-length", str(len(body)).encode()))
@@ -201,15 +339,20 @@ def _replay(body: bytes, receive: Any) -> Any:
 
 
 async def _send_error(send: Any, exc: AccessError) -> None:
-    body = json.dumps(exc.to_body()).encode()
+    await _send_json(send, exc.http_status, exc.to_body(), exc.headers)
+
+
+async def _send_json(send: Any, status: int, payload: object, extra: Mapping[str, str] | None = None) -> None:
+    body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _filtered_models(app: Any, scope: Scope, receive: Any, send: Any, allowed: frozenset[str]) -> None:
-    """Run vLLM's ``/v1/models`` and keep only the cards the caller may use."""
+    """Run vLLM's ``/v1/models`` and keep only the cards the caller may use, with OpenAI's fields only (vLLM's
+    ``root`` is a server path, ``parent`` names the base, ``permission`` is vLLM's own)."""
     start: Message = {}
     chunks: list[bytes] = []
 
@@ -223,9 +366,49 @@ async def _filtered_models(app: Any, scope: Scope, receive: Any, send: Any, allo
     body = b"".join(chunks)
     if start.get("status") == 200:
         data = json.loads(body)
-        data["data"] = [card for card in data.get("data", []) if card.get("id") in allowed]
+        data = {"object": data.get("object", "list"),
+                "data": [{k: card[k] for k in MODEL_CARD_FIELDS if k in card}
+                         for card in data.get("data", []) if card.get("id") in allowed]}
         body = json.dumps(data).encode()
     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": start.get("status", 500), "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _not_found_as_ours(app: Any, scope: Scope, receive: Any, send: Any, model: str | None) -> None:
+    """Pass the response through, except vLLM's own model-not-found 404 (a model in the registry that the engine
+    does not serve right now): its text names the base ("Valid aliases"), so it becomes the middleware's
+    ``ModelNotFound``, the same bytes as for any unknown model. Streams and other statuses pass untouched."""
+    held: Message | None = None
+    chunks: list[bytes] = []
+
+    async def rewrite(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message["status"] == 404:
+            held = message
+            return
+        if held is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        if _is_model_not_found(body):
+            return await _send_error(send, ModelNotFound(model))
+        headers = [(k, v) for k, v in held.get("headers", []) if k.lower() != b"content-length"]
+        await send({**held, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    await app(scope, receive, rewrite)
+
+
+def _is_model_not_found(body: bytes) -> bool:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    if not isinstance(error, dict):
+        return False
+    return error.get("param") == "model" or "model" in str(error.get("message", "")).lower()

@@ -70,5 +70,22 @@ class BadBody(AccessError):
     http_status, error_type, code, reason = 400, "invalid_request_error", "invalid_json", "bad_body"
 
 
+class InvalidParameter(AccessError):
+    http_status, error_type, code, reason = 400, "invalid_request_error", "invalid_parameter", "bad_body"
+
+
+class TooManySequences(AccessError):
+    """One request asking for more sequences (n x prompts) than the tenant may run: it would step around the
+    in-flight limit in one go and slow every other tenant down."""
+
+    http_status, error_type, code, reason = 400, "invalid_request_error", "too_many_sequences", "too_many_sequences"
+
+
+class IdentityUnavailable(AccessError):
+    """The identity challenge needs the admin token, and none is configured: answered like a missing route."""
+
+    http_status, error_type, code, reason = 404, "NotFoundError", "admin_disabled", "admin_disabled"
+
+
 class RegistryUnavailable(AccessError):
     http_status, error_type, code, reason = 503, "service_unavailable", "registry_unavailable", "no_registry"

@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, final
 
 from tenantserve.keys import key_index, lookup
 from tenantserve.middleware.errors import (
@@ -20,11 +21,14 @@ from tenantserve.middleware.errors import (
     AdminDisabled,
     AdminOnly,
     InvalidKey,
+    InvalidParameter,
     LoopbackOnly,
     MissingKey,
     ModelNotFound,
     RevokedKey,
+    TooManySequences,
 )
+from tenantserve.identity import IDENTITY_ROUTE
 from tenantserve.registry import Registry
 
 PUBLIC_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health"), ("GET", "/ping"), ("POST", "/ping")})
@@ -34,7 +38,23 @@ MODEL_ROUTES = frozenset({
     "/tokenize", "/detokenize",
 })
 MODELS_LIST = "/v1/models"
-ADMIN = "admin"
+
+
+@final
+class Admin:
+    """The admin caller. A dedicated type, so no tenant id (a ``str``) can ever equal it: a tenant named ``admin``
+    is just a tenant. ``label`` is what metrics show for it (a reserved tenant id)."""
+
+    __slots__ = ()
+    label = "admin"
+
+    def __repr__(self) -> str:
+        return "ADMIN"
+
+
+ADMIN = Admin()
+#: Who is calling: a tenant id, or ``ADMIN``. Compare with ``is ADMIN``.
+Caller = str | Admin
 
 
 class Route(Enum):
@@ -42,12 +62,15 @@ class Route(Enum):
     METRICS = "metrics"
     MODELS = "models"  # GET /v1/models: answered per caller
     INFERENCE = "inference"
+    IDENTITY = "identity"  # POST /tenantserve/identity: proves the admin token without needing it
     ADMIN = "admin"
 
 
 def classify(method: str, path: str) -> Route:
     if (method, path) in PUBLIC_ROUTES:
         return Route.PUBLIC
+    if method == "POST" and path == IDENTITY_ROUTE:
+        return Route.IDENTITY
     if path == "/metrics" or path.startswith("/metrics/"):
         return Route.METRICS
     if method == "GET" and path == MODELS_LIST:
@@ -76,7 +99,7 @@ class AccessView:
 
     base: str
     models: Mapping[str, frozenset[str]]  # tenant id -> model names it may use
-    limits: Mapping[str, int]  # tenant id -> max requests in flight
+    limits: Mapping[str, int]  # tenant id -> max sequences in flight
     keys: Mapping[bytes, str]  # live key digest -> tenant id
     revoked: frozenset[bytes] = frozenset()
     admin_digest: bytes | None = None
@@ -84,6 +107,8 @@ class AccessView:
     admin_loopback_only: bool = True
     max_body_bytes: int = 1 << 20
     all_models: frozenset[str] = field(default=frozenset())
+    sequence_caps: Mapping[str, int] = field(default_factory=dict)  # tenant id -> max sequences per request
+    admin_token_env: str = "TENANTSERVE_ADMIN_TOKEN"
 
     @classmethod
     def build(cls, registry: Registry, environ: Mapping[str, str]) -> AccessView:
@@ -104,12 +129,15 @@ class AccessView:
             admin_loopback_only=sec.admin_loopback_only,
             max_body_bytes=sec.max_body_bytes,
             all_models=frozenset({base, *(a.name for t in registry.tenants for a in t.adapters)}),
+            sequence_caps={t.id: t.max_sequences_per_request or sec.max_sequences_per_request
+                           for t in registry.tenants},
+            admin_token_env=sec.admin_token_env,
         )
 
     def is_admin(self, token: str | None) -> bool:
         return bool(token) and self.admin_digest is not None and hmac.compare_digest(_digest(token), self.admin_digest)
 
-    def tenant_for(self, token: str | None) -> str:
+    def tenant_for(self, token: str | None) -> Caller:
         """The tenant id a tenant token belongs to (or ``ADMIN``); raises when there is none."""
         if not token:
             raise MissingKey("no API key: send 'Authorization: Bearer <key>'")
@@ -122,26 +150,61 @@ class AccessView:
             raise InvalidKey("invalid API key")
         return tenant
 
-    def allowed_models(self, caller: str) -> frozenset[str]:
-        return self.all_models if caller == ADMIN else self.models.get(caller, frozenset())
+    def allowed_models(self, caller: Caller) -> frozenset[str]:
+        return self.all_models if caller is ADMIN else self.models.get(caller, frozenset())
 
-    def check_model(self, caller: str, model: object) -> str | None:
+    def check_model(self, caller: Caller, model: object) -> str | None:
         """The model name if ``caller`` may use it; an omitted model means the base (vLLM's default).
         The admin (the sidecar warming up an adapter it just loaded) reaches whatever vLLM serves."""
         name = self.base if model is None else model
-        if caller == ADMIN:
+        if caller is ADMIN:
             return name if isinstance(name, str) else None
         if not isinstance(name, str) or name not in self.allowed_models(caller):
             raise ModelNotFound(name)
         return name
 
-    def limit_for(self, caller: str) -> int | None:
-        return None if caller == ADMIN else self.limits.get(caller)
+    def limit_for(self, caller: Caller) -> int | None:
+        """Sequences the caller may have in flight (None: unlimited, the admin)."""
+        return None if caller is ADMIN else self.limits.get(caller)
+
+    def check_sequences(self, caller: Caller, sequences: int) -> None:
+        """Refuse a request asking for more sequences than the tenant may ever run at once (400, not an endless
+        429): above its per-request cap, or above its whole in-flight limit."""
+        if caller is ADMIN:
+            return
+        cap = min(self.sequence_caps.get(caller, sequences), self.limits.get(caller, sequences))
+        if sequences > cap:
+            raise TooManySequences(f"this request asks for {sequences} sequences (n x prompts, or best_of); "
+                                   f"this key may ask for at most {cap} per request")
 
 
-def authorize(view: AccessView, route: Route, token: str | None, client: str | None) -> str | None:
+def requested_sequences(data: Mapping[str, Any]) -> int:
+    """Sequences one request makes the engine run: prompts x max(n, best_of) (``n`` is also the beam width).
+    A ``prompt`` list of strings or of token lists is several prompts; a list of ints is one tokenized prompt.
+    ``n``/``best_of`` that are not plain integers are refused here (pydantic would coerce ``"1024"``)."""
+    width = max(_positive_int(data, "n"), _positive_int(data, "best_of"))
+    prompts = max(_prompt_count(data.get("prompt")), _prompt_count(data.get("prompt_embeds")))
+    return prompts * width
+
+
+def _positive_int(data: Mapping[str, Any], name: str) -> int:
+    value = data.get(name)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameter(f"'{name}' must be an integer, got {type(value).__name__}")
+    return max(value, 1)
+
+
+def _prompt_count(prompt: object) -> int:
+    if isinstance(prompt, list) and prompt and not all(isinstance(x, int) for x in prompt):
+        return len(prompt)
+    return 1
+
+
+def authorize(view: AccessView, route: Route, token: str | None, client: str | None) -> Caller | None:
     """The caller (tenant id, ``ADMIN``) or None for open routes; raises an ``AccessError`` when refused."""
-    if route is Route.PUBLIC:
+    if route in (Route.PUBLIC, Route.IDENTITY):
         return None
     if route is Route.METRICS:
         if is_loopback(client) or (token and view.metrics_digest and hmac.compare_digest(_digest(token),
@@ -155,7 +218,7 @@ def authorize(view: AccessView, route: Route, token: str | None, client: str | N
     return view.tenant_for(token)
 
 
-def _authorize_admin(view: AccessView, token: str | None, client: str | None) -> str:
+def _authorize_admin(view: AccessView, token: str | None, client: str | None) -> Admin:
     if view.admin_loopback_only and not is_loopback(client):
         raise LoopbackOnly("admin routes answer only on loopback")
     if view.admin_digest is None:
@@ -172,4 +235,5 @@ def label(value: str | None, allowed: frozenset[str] | Mapping[str, object], oth
     return value if value is not None and value in allowed else other
 
 
-__all__ = ["ADMIN", "AccessError", "AccessView", "Route", "authorize", "classify", "is_loopback", "label"]
+__all__ = ["ADMIN", "AccessError", "AccessView", "Admin", "Caller", "Route", "authorize", "classify", "is_loopback",
+           "label", "requested_sequences"]

@@ -1,8 +1,9 @@
 """The registry file, re-read when it changes: keys added or revoked and adapters granted apply without a restart.
 
-``current()`` is called per request; at most once per ``interval`` seconds it stats the file (microseconds) and
-reloads only when (inode, size, mtime) changed. Writers replace the file atomically (registry.atomic_write_text),
-so a reload never sees half a file. A registry that fails validation keeps the last good view (and is logged);
+``current()`` is called per request and stats the file every time (``interval`` 0, the default; an ``os.stat`` is
+microseconds), reloading only when (inode, size, mtime_ns) changed: a registry written before the sidecar answers
+201 is in force for the very next request, in every API-server process. Writers replace the file atomically
+(registry.atomic_write_text, a new inode each time), so a reload never sees half a file. A registry that fails validation keeps the last good view (and is logged);
 with no good view at all, requests are refused (fail closed).
 """
 
@@ -30,13 +31,15 @@ class RegistryWatcher:
         path: Path,
         *,
         environ: Mapping[str, str],
-        interval: float = 1.0,
+        interval: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        stat: Callable[[Path], os.stat_result] = os.stat,
     ) -> None:
         self.path = path
         self.environ = environ
         self.interval = interval
         self.clock = clock
+        self.stat = stat
         self._view: AccessView | None = None
         self._stamp: Stamp | None = None
         self._checked = float("-inf")
@@ -54,7 +57,7 @@ class RegistryWatcher:
     def refresh(self) -> None:
         """Reload if the file changed since the last successful or failed load."""
         try:
-            st = os.stat(self.path)
+            st = self.stat(self.path)
         except OSError as exc:
             if self._stamp is not None:
                 log.warning("tenantserve: registry %s unreadable (%s); keeping the last good version", self.path, exc)
