@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from tenantserve.cli.plan import command
 from tenantserve.memory import (ALL_LINEAR_MODULES, DTYPE_BYTES, GIB, LLAMA2_7B_BYTES, MIB, LinearShapes,
-                                llama2_7b_shapes, registry_plan_values)
+                                llama2_7b_shapes, registry_plan_values, slot_bytes)
 from tenantserve.plan import PlanInput, Sourced, choose_inputs, gpus_for_base, make_plan
 from tenantserve.registry import Registry
 from tests.conftest import DEFAULT_REGISTRY
@@ -17,10 +17,18 @@ def test_llama2_7b_rank16_adapter_is_the_labs_32_mib() -> None:
     assert round(LLAMA2_7B_BYTES / GIB, 2) == 12.55
 
 
-def test_slot_reservation_covers_every_linear_layer_at_max_rank() -> None:
+def test_slot_reservation_covers_every_linear_layer_and_the_vocabulary_at_max_rank() -> None:
     plan = make_plan(PlanInput(shapes=llama2_7b_shapes(), base_bytes=LLAMA2_7B_BYTES, max_loras=8, max_lora_rank=16))
     per_layer = 16 * ((4096 + 4096) * 4 + (4096 + 11008) * 2 + (11008 + 4096))
-    assert plan.slot_bytes == 8 * 32 * per_layer * 2
+    embed_and_head = 2 * 16 * (32000 + 4096)
+    assert plan.slot_bytes == 8 * (32 * per_layer + embed_and_head) * 2
+
+
+def test_slot_bytes_of_the_embedded_model_are_what_its_engine_allocated() -> None:
+    # measured by memprobe on configs/adapters.yaml (max_loras 2, r 8, float32): 655,360 B in the blocks'
+    # qkv/o/gate_up/down slots, 73,728 B each for embed_tokens and lm_head (tests/integration/test_plan_engine.py)
+    shapes = LinearShapes.from_model_dir(Registry.load(DEFAULT_REGISTRY).base_path)
+    assert slot_bytes(shapes, 2, 8, 4) == (655_360, 2 * 73_728)
 
 
 def test_consolidation_saves_gpus() -> None:
@@ -98,7 +106,7 @@ def test_cli_plans_the_registry_and_says_where_each_value_comes_from() -> None:
     assert table["tenants"] == ["9", "option"]
     assert table["max_loras"] == [str(reg.engine.max_loras), "registry"]
     assert table["dtype_bytes"] == [str(DTYPE_BYTES[reg.engine.dtype]), "registry"]
-    assert f"slot reservation ({reg.engine.max_loras} x r=8, all linear layers)" in res.output
+    assert f"slot reservation ({reg.engine.max_loras} x r=8, every linear layer, embed, lm_head)" in res.output
     assert "9 tenants on demo-base" in res.output and "40 tenants" not in res.output
     bad = CliRunner().invoke(command, ["--registry", str(DEFAULT_REGISTRY), "--rank", "16"])
     assert bad.exit_code == 2 and "adapter rank 16 > max_lora_rank 8" in bad.output

@@ -30,6 +30,8 @@ class LinearShapes:
 
     layers: int
     shapes: dict[str, tuple[int, int]]
+    vocab: int = 0
+    hidden: int = 0
 
     @classmethod
     def from_config(cls, config: dict) -> LinearShapes:
@@ -47,7 +49,8 @@ class LinearShapes:
             "up_proj": (hidden, inter),
             "down_proj": (inter, hidden),
         }
-        return cls(layers=int(config["num_hidden_layers"]), shapes=shapes)
+        return cls(layers=int(config["num_hidden_layers"]), shapes=shapes, vocab=int(config.get("vocab_size") or 0),
+                   hidden=hidden)
 
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> LinearShapes:
@@ -65,10 +68,20 @@ def adapter_bytes(shapes: LinearShapes, target_modules: tuple[str, ...] | list[s
     return shapes.layers * per_layer * dtype_bytes
 
 
+def slot_bytes(shapes: LinearShapes, max_loras: int, max_lora_rank: int, dtype_bytes: int) -> tuple[int, int]:
+    """What vLLM 0.32 allocates at start for ``max_loras`` slots of ``max_lora_rank``: (every linear layer of every
+    block, the embedding + lm_head pair). Both are allocated whatever the adapters target (measured on the engine's
+    worker by ``memprobe``: embed_tokens holds r x (vocab + hidden) per slot, lm_head the same)."""
+    linear = max_loras * adapter_bytes(shapes, ALL_LINEAR_MODULES, max_lora_rank, dtype_bytes)
+    vocab = max_loras * 2 * max_lora_rank * (shapes.vocab + shapes.hidden) * dtype_bytes
+    return linear, vocab
+
+
 def llama2_7b_shapes() -> LinearShapes:
     """Llama-2-7B: hidden 4096, 32 layers, 32 heads, MLP 11008 — the production reference of the lab."""
     return LinearShapes.from_config(
-        {"hidden_size": 4096, "num_attention_heads": 32, "intermediate_size": 11008, "num_hidden_layers": 32}
+        {"hidden_size": 4096, "num_attention_heads": 32, "intermediate_size": 11008, "num_hidden_layers": 32,
+         "vocab_size": 32000}
     )
 
 

@@ -27,11 +27,16 @@ def _nbytes(value: Any) -> int:
 def measure(worker: Any) -> dict[str, Any]:
     """Runs inside the worker (``collective_rpc``): LoRA bytes as allocated."""
     manager = worker.model_runner.lora_manager._adapter_manager
-    slots = sum(_nbytes(getattr(module, name, None)) for module in manager.modules.values()
-                for name in ("lora_a_stacked", "lora_b_stacked"))
+    by_module: dict[str, int] = {}
+    for module_name, module in manager.modules.items():
+        kind = module_name.rsplit(".", 1)[-1]
+        by_module[kind] = by_module.get(kind, 0) + sum(_nbytes(getattr(module, name, None))
+                                                       for name in ("lora_a_stacked", "lora_b_stacked"))
+    slots = sum(by_module.values())
     adapters = {str(lora_id): sum(_nbytes(w.lora_a) + _nbytes(w.lora_b) for w in model.loras.values())
                 for lora_id, model in manager._registered_adapters.cache.items()}
-    return {"slot_bytes": slots, "slots": manager.lora_slots, "adapter_bytes_by_id": adapters}
+    return {"slot_bytes": slots, "slot_bytes_by_module": by_module, "slots": manager.lora_slots,
+            "adapter_bytes_by_id": adapters}
 
 
 def probe(registry_path: str) -> dict[str, Any]:

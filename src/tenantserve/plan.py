@@ -1,7 +1,8 @@
 """Capacity planning: what consolidation costs and saves, from the lab's arithmetic. Pure; no engine.
 
 vLLM reserves, at start, ``max_loras`` slots of ``max_lora_rank`` for *every* LoRA-capable linear layer of the base
-(q/k/v/o and the MLP), whatever the adapters target: that is the slot bill. Each adapter also sits in host memory
+(q/k/v/o and the MLP) and for the embedding and lm_head, whatever the adapters target: that is the slot bill
+(checked against the engine's own tensors: ``plan --measure``). Each adapter also sits in host memory
 (``max_cpu_loras``). Dedicated serving pays one base copy per tenant; consolidated serving pays one per engine.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tenantserve.memory import ALL_LINEAR_MODULES, GIB, LinearShapes, adapter_bytes
+from tenantserve.memory import ALL_LINEAR_MODULES, GIB, LinearShapes, adapter_bytes, slot_bytes
 
 ALL_MODULES = ALL_LINEAR_MODULES
 
@@ -58,7 +59,7 @@ def make_plan(p: PlanInput) -> Plan:
     if p.max_cpu_loras < p.max_loras:
         raise ValueError(f"max_cpu_loras {p.max_cpu_loras} < max_loras {p.max_loras}")
     one = adapter_bytes(p.shapes, p.target_modules, p.adapter_rank, p.dtype_bytes)
-    slots = p.max_loras * adapter_bytes(p.shapes, ALL_MODULES, p.max_lora_rank, p.dtype_bytes)
+    slots = sum(slot_bytes(p.shapes, p.max_loras, p.max_lora_rank, p.dtype_bytes))
     per_engine_gpus = gpus_for_base(p.base_bytes + slots, p.gpu_bytes, p.gpu_memory_utilization)
     kv = int(per_engine_gpus * p.gpu_bytes * p.gpu_memory_utilization) - p.base_bytes - slots
     engines = max(1, math.ceil(p.tenants / p.tenants_per_engine))

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tenantserve.adapters import bytes_on_disk
-from tenantserve.memory import (GIB, adapter_bytes, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, human_bytes, llama2_7b_shapes,
+from tenantserve.memory import (GIB, adapter_bytes, slot_bytes, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, human_bytes, llama2_7b_shapes,
                                 registry_plan_values)
 from tenantserve.plan import PlanInput, choose_inputs, make_plan
 from tenantserve.registry import Registry
@@ -72,7 +72,7 @@ def command(registry_path: Path | None, tenants: int | None, tenants_per_engine:
     table.add_row("base weights (one copy per engine)", human_bytes(base_bytes))
     table.add_row(f"one adapter (r={v['adapter_rank']}, {modules}, {v['dtype_bytes']} B/weight)",
                   f"{human_bytes(plan.adapter_bytes)} (1/{base_bytes / plan.adapter_bytes:.0f} of the base)")
-    table.add_row(f"slot reservation ({v['max_loras']} x r={v['max_lora_rank']}, all linear layers)",
+    table.add_row(f"slot reservation ({v['max_loras']} x r={v['max_lora_rank']}, every linear layer, embed, lm_head)",
                   human_bytes(plan.slot_bytes))
     table.add_row("host cache per engine (max_cpu_loras adapters)", human_bytes(plan.host_cache_bytes))
     table.add_row("left for KV cache per engine", human_bytes(plan.kv_bytes_per_engine))
@@ -91,9 +91,13 @@ def _measured(console: Console, registry_path: Path, shapes: LinearShapes, value
 
     console.print("Starting vLLM offline to read its LoRA tensors (30-45 s, more on a busy machine) ...")
     got = run_probe(str(registry_path))
-    formula = make_plan(PlanInput(shapes=shapes, base_bytes=0, **{k: values[k] for k in (  # type: ignore[arg-type]
-        "max_loras", "max_lora_rank", "max_cpu_loras", "dtype_bytes")}, adapter_rank=1))
-    rows = [("slot reservation", formula.slot_bytes, got["slot_bytes"])]
+    linear, vocab = slot_bytes(shapes, int(values["max_loras"]), int(values["max_lora_rank"]),  # type: ignore[call-overload]
+                               int(values["dtype_bytes"]))  # type: ignore[call-overload]
+    measured = got["slot_bytes_by_module"]
+    vocab_measured = sum(b for m, b in measured.items() if m in ("embed_tokens", "lm_head"))
+    rows = [("slots: linear layers of every block", linear, got["slot_bytes"] - vocab_measured),
+            ("slots: embed_tokens + lm_head", vocab, vocab_measured),
+            ("slot reservation", linear + vocab, got["slot_bytes"])]
     registry = Registry.load(registry_path)
     for bill in adapter_bills(registry, shapes):
         formula_bytes = adapter_bytes(shapes, bill.config.target_modules, bill.config.rank, int(values["dtype_bytes"]))  # type: ignore[call-overload]
