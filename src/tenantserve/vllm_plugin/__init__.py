@@ -26,6 +26,8 @@ from tenantserve.vllm_plugin.patching import is_wrapped, when_imported
 
 SCHEDULER_MODULE = "vllm.v1.core.sched.scheduler"
 WORKER_MANAGER_MODULE = "vllm.lora.worker_manager"
+#: API server: where vLLM picks a request's adapter (tenantserve.middleware.adapter_guard).
+SERVING_MODULE = "vllm.entrypoints.serve.engine.serving"
 REGISTRY_ENV = "TENANTSERVE_REGISTRY"
 
 
@@ -72,6 +74,14 @@ class EnginePlugin:
         when_imported(cpu_lora_fix.PUNICA_CPU_MODULE, cpu_lora_fix.install_everywhere)
         when_imported(SCHEDULER_MODULE, self.attach_scheduler)
         when_imported(WORKER_MANAGER_MODULE, self.attach_worker)
+        when_imported(SERVING_MODULE, _guard_adapter_selection)
+
+
+def _guard_adapter_selection(module: ModuleType) -> None:
+    """The only adapter a request runs is its ``model``, even on an engine without the tenant middleware."""
+    from tenantserve.middleware import adapter_guard
+
+    adapter_guard.install(module)
 
 
 def register() -> None:
