@@ -53,8 +53,11 @@ class DedicatedModel:
         except Exception as exc:  # transformers raises many kinds for a broken directory
             raise DedicatedBaseError(f"{self.base_dir}: transformers cannot load it: {exc}") from None
         if self.adapter_dir is not None:
-            from peft import PeftModel
-
+            try:
+                from peft import PeftModel
+            except ImportError:
+                raise DedicatedBaseError("the dedicated side needs peft: pip install 'tenantserve[verify]'",
+                                         code="peft_missing") from None
             try:
                 model = PeftModel.from_pretrained(model, self.adapter_dir)
             except Exception as exc:
