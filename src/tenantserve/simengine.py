@@ -29,6 +29,7 @@ from tenantserve.engine.process import EngineProcess
 from tenantserve.errors import EngineError
 from tenantserve.metrics import per_label
 from tenantserve.registry import AdapterSpec, Registry, TenantSpec
+from tenantserve.simtrace import TraceError
 from tenantserve.simulate import Engine, Request, Result, SetOrder, SlotState, simulate_requests
 
 COUNTERS = ("slot_hits", "slot_misses", "slot_evictions", "defers", "deferred_requests")
@@ -262,7 +263,7 @@ def rename(requests: Sequence[Request], names: Sequence[str]) -> list[Request]:
     for r in requests:
         if r.adapter is not None and r.adapter not in seen:
             if len(seen) == len(names):
-                raise EngineError(f"the trace uses more than {len(names)} adapters: raise --adapters")
+                raise TraceError(f"the trace uses more than {len(names)} adapters: raise --adapters")
             seen[r.adapter] = names[len(seen)]
     return [Request(r.arrival, seen[r.adapter] if r.adapter else None, r.prompt_tokens, r.output_tokens)
             for r in requests]
@@ -270,13 +271,15 @@ def rename(requests: Sequence[Request], names: Sequence[str]) -> list[Request]:
 
 def against_engine(source: Registry, run: EngineRun, traces: Sequence[tuple[str, Sequence[Request]]],
                    workdir: Path) -> Iterator[Comparison]:
-    """Start one engine for every trace (labelled), compare each, stop the engine. Raises EngineError."""
+    """Start one engine for every trace (labelled), compare each, stop the engine. Raises ``TraceError`` (before
+    starting anything) for a trace with more adapters than the run serves, ``EngineError`` when the engine fails."""
+    names = adapter_names(run.adapters)
+    renamed = [(label, rename(requests, names)) for label, requests in traces]
     registry_path = build_registry(source, workdir, adapters=run.adapters, engine=run.engine)
     proc, url = start(registry_path, workdir / "engine.log")
     try:
-        replay = EngineReplay(url, source.base.name, run.engine, adapter_names(run.adapters),
-                              queue_seconds=run.queue_seconds)
-        for label, requests in traces:
-            yield replay.compare(label, rename(requests, replay.adapters))
+        replay = EngineReplay(url, source.base.name, run.engine, names, queue_seconds=run.queue_seconds)
+        for label, requests in renamed:
+            yield replay.compare(label, requests)
     finally:
         proc.stop()
