@@ -77,7 +77,7 @@ def command(adapters: int | None, max_loras: int | None, max_cpu_loras: int | No
         record_dir.mkdir(parents=True, exist_ok=True)
         for label, requests in traces:
             dump_trace(requests, record_dir / f"{label.replace('/', '-')}.jsonl", step_ms / 1000)
-    console = Console(width=max(Console().width, 130))
+    console = Console(width=max(Console().width, 150))
     if against_engine:
         ok = _against_engine(console, registry_path, v, traces)
     else:
@@ -131,7 +131,7 @@ def _against_engine(console: Console, registry_path: Path, v: dict,
     source = Registry.load(registry_path)
     console.print(f"Starting vLLM from {registry_path}: {run.adapters} adapters on max_loras={run.max_loras}, "
                   f"max_num_seqs={run.max_num_seqs} (30-45 s, more on a busy machine) ...")
-    table = Table("trace", "requests", "hit rate eng/sim", "misses eng/sim", "evictions eng/sim",
+    table = Table("trace", "requests", "hit rate eng/sim", "hits eng/sim", "misses eng/sim", "evictions eng/sim",
                   "defers eng/sim", "deferred reqs eng/sim", "agrees",
                   title=f"engine vs simulator ({run.adapters} adapters, max_loras={run.max_loras}; waves, see README)")
     failures = 0
@@ -142,7 +142,7 @@ def _against_engine(console: Console, registry_path: Path, v: dict,
                 problems = c.problems()
                 failures += bool(problems)
                 table.add_row(label, str(len(requests)), f"{e.hit_rate:.3f} / {s.hit_rate:.3f}",
-                              f"{e.misses} / {s.misses}", f"{e.evictions} / {s.evictions}",
+                              f"{e.hits} / {s.hits}", f"{e.misses} / {s.misses}", f"{e.evictions} / {s.evictions}",
                               f"{e.defers} / {s.defers}", f"{e.deferred_requests} / {s.deferred_requests}",
                               "yes" if not problems else "NO: " + "; ".join(problems))
         except TenantserveError:
