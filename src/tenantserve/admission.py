@@ -240,8 +240,8 @@ def _read_weights(label: str, path: Path, cfg: AdapterConfig, budget: MatchBudge
     if named := adapter_name_segments(other):
         example = next(n for n in other if adapter_name_segments([n]))
         raise AdapterError(
-            f"{label}: {WEIGHTS_NAME} tensor names carry PEFT's adapter name {_short(sorted(named)[0])} "
-            f"(e.g. {_short(example)}): it was saved with model.state_dict() instead of save_pretrained(); "
+            f"{label}: {WEIGHTS_NAME} tensor names carry PEFT's adapter name {_short(repr(sorted(named)[0]))} "
+            f"(e.g. {_short(example, 200)}): it was saved with model.state_dict() instead of save_pretrained(); "
             "re-save it with model.save_pretrained(DIR)", code="weights_state_dict")
     if other:
         raise AdapterError(f"{label}: {WEIGHTS_NAME} holds non-LoRA tensors ({_short(', '.join(other[:3]))}): full "
