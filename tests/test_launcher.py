@@ -80,7 +80,10 @@ def test_gpu_argv_is_not_forced_eager_and_has_no_modules_without_adapters(tmp_pa
 
 def test_engine_env_enables_runtime_loading_and_respects_operator_values() -> None:
     env = build_engine_env("cpu", {})
+    secret = env.pop("TENANTSERVE_CACHE_SALT_SECRET")
     assert env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert len(bytes.fromhex(secret)) == 32 and build_engine_env("cpu", {})["TENANTSERVE_CACHE_SALT_SECRET"] != secret
+    assert "TENANTSERVE_CACHE_SALT_SECRET" not in build_engine_env("gpu", {"TENANTSERVE_CACHE_SALT_SECRET": "mine"})
     assert "VLLM_CPU_KVCACHE_SPACE" not in build_engine_env("cpu", {"VLLM_CPU_KVCACHE_SPACE": "4"})
     assert "VLLM_CPU_KVCACHE_SPACE" not in build_engine_env("gpu", {})
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -259,10 +260,18 @@ def build_serve_argv(
     return argv
 
 
+#: The server secret the tenant middleware derives cache salts from (tenantserve.middleware.asgi.SALT_SECRET_ENV).
+CACHE_SALT_SECRET_ENV = "TENANTSERVE_CACHE_SALT_SECRET"
+
+
 def build_engine_env(device: Device, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment additions the engine needs; values already set by the operator win. Pure."""
+    """Environment additions the engine needs; values already set by the operator win. Pure but for one draw of
+    randomness: a fresh cache-salt secret per launch (unless the operator set one), so no tenant's salt is
+    guessable and every API-server process of this launch derives the same one."""
     environ = dict(os.environ if environ is None else environ)
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+    if not environ.get(CACHE_SALT_SECRET_ENV):
+        env[CACHE_SALT_SECRET_ENV] = secrets.token_hex(32)
     if device == "cpu":
         env.update({k: v for k, v in CPU_DEFAULT_ENV.items() if k not in environ})
     return env
