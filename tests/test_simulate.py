@@ -61,3 +61,15 @@ def test_cli_compares_three_shapes_with_units_and_reasons() -> None:
         assert word in res.output, res.output
     bad = CliRunner().invoke(command, ["--max-loras", "0"])
     assert bad.exit_code == 2 and "Invalid value for '--max-loras'" in bad.output
+    bad = CliRunner().invoke(command, ["--max-loras", "8", "--max-cpu-loras", "4"])
+    assert bad.exit_code == 2 and "max_cpu_loras 4 < max_loras 8" in bad.output
+    bad = CliRunner().invoke(command, ["--tokens", "8", "--min-tokens", "9"])
+    assert bad.exit_code == 2 and "Invalid value for '--min-tokens': 9 > --tokens 8" in bad.output
+
+
+@pytest.mark.parametrize(("knobs", "message"), [({"max_loras": 0}, "max_loras must be >= 1"),
+                                                ({"max_num_seqs": 0}, "max_num_seqs must be >= 1"),
+                                                ({"max_loras": 4, "max_cpu_loras": 2}, "max_cpu_loras 2 < max_loras 4")])
+def test_engines_vllm_would_refuse_are_refused(knobs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Engine(**knobs)

@@ -28,7 +28,8 @@ def sweep(*, adapters: int, zipf: float, rate: float, tokens: int, min_tokens: i
         traffic = Traffic(adapters=adapters, shape=shape, zipf_s=zipf, rate=rate, tokens=tokens, min_tokens=min_tokens)
         requests = generate(traffic, steps, seed)
         for slots in (s for s in slot_counts if s <= adapters):
-            r = simulate_requests(requests, Engine(max_loras=slots, max_cpu_loras=adapters, max_num_seqs=max_num_seqs))
+            r = simulate_requests(requests, Engine(max_loras=slots, max_cpu_loras=max(adapters, slots),
+                                                      max_num_seqs=max_num_seqs))
             points.append(Point(shape, slots, r.hit_rate, r.deferred_fraction, r.verdict))
     return points
 

@@ -56,6 +56,15 @@ class Engine:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
 
+    def __post_init__(self) -> None:
+        """vLLM's own limits: every knob >= 1 and ``max_cpu_loras >= max_loras`` (raises ``ValueError``)."""
+        for name in ("max_loras", "max_cpu_loras", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras {self.max_cpu_loras} < max_loras {self.max_loras} "
+                             "(vLLM keeps every adapter in a slot in host memory too)")
+
 
 @dataclass
 class SlotState:

@@ -81,8 +81,11 @@ def command(adapters: int | None, max_loras: int | None, max_cpu_loras: int | No
     if against_engine:
         ok = _against_engine(console, registry_path, v, traces)
     else:
-        engine = Engine(max_loras=v["max_loras"], max_cpu_loras=max_cpu_loras or v["adapters"],
-                        max_num_seqs=v["max_num_seqs"])
+        try:
+            engine = Engine(max_loras=v["max_loras"], max_cpu_loras=max_cpu_loras or max(v["adapters"], v["max_loras"]),
+                            max_num_seqs=v["max_num_seqs"])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--max-cpu-loras'") from None
         _simulated(console, engine, v["adapters"], traces)
         ok = True
     if plot_path is not None:
