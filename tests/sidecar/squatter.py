@@ -56,7 +56,8 @@ class Squatter:
                 body = self._record()
                 if self.path == identity.IDENTITY_ROUTE and (prove_with or proof):
                     nonce = json.loads(body)["nonce"]
-                    answer = proof or identity.proof(prove_with, nonce, proof_port or owner.port)  # type: ignore[arg-type]
+                    port = proof_port or owner.port
+                    answer = proof or identity.proof(prove_with, nonce, port)  # type: ignore[arg-type]
                     self._answer(200, {"proof": answer})
                 elif self.path == "/v1/completions":
                     self._answer(200, {"choices": [{"text": "x"}]})

@@ -48,7 +48,9 @@ class ExposureGuard:
         if kind is None or is_loopback(client[0] if client else None):
             return await self.app(scope, receive, send)
         presented = _bearer(scope)
-        which = "TENANTSERVE_METRICS_TOKEN or TENANTSERVE_ADMIN_TOKEN" if kind == "metrics" else "TENANTSERVE_ADMIN_TOKEN"
+        which = "TENANTSERVE_ADMIN_TOKEN"
+        if kind == "metrics":
+            which = "TENANTSERVE_METRICS_TOKEN or " + which
         if presented is None:
             response = error_response(401, "missing_token", f"{scope['path']} off loopback: send 'Authorization: "
                                       f"Bearer <{which}>'")

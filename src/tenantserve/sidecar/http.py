@@ -47,7 +47,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's body parse failed
             return error_response(400, "json_too_deep", "the JSON body is nested too deeply")
         if exc.status_code == 400 and exc.__cause__ is not None:
-            return error_response(400, "malformed_request", f"the body cannot be parsed: {type(exc.__cause__).__name__}")
+            reason = type(exc.__cause__).__name__
+            return error_response(400, "malformed_request", f"the body cannot be parsed: {reason}")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
