@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from tenantserve.cli.simulate import command
 from tenantserve.simtrace import Traffic, generate
-from tenantserve.simulate import Engine, Request, Result, SlotState, simulate_requests
+from tenantserve.simulate import Engine, Result, simulate_requests
 
 
 def run(traffic: Traffic, engine: Engine, steps: int = 5000, seed: int = 0) -> Result:
