@@ -58,7 +58,10 @@ def test_what_the_engine_serves_from_the_store_is_the_expected_content_after_a_s
     with pytest.raises(AdapterError) as info:
         _resolve(fresh, reg, served=served)
     assert info.value.code == "adapter_changed"
-    assert _resolve(fresh, reg, served="/some/folder/not/in/the/store") != Path(served)  # not ours: follows
+    with pytest.raises(AdapterError):  # withdrawn (no longer served): still held to what was served
+        _resolve(fresh, reg, served=None)
+    other = ServedContent(content.store, content.adapters_root)
+    assert _resolve(other, reg, served="/some/folder/not/in/the/store") != Path(served)  # not ours: follows
 
 
 def test_a_pinned_adapter_is_checked_against_its_pin_and_a_missing_folder_is_path_missing(

@@ -82,7 +82,10 @@ class ServedContent:
         loaded = self._loaded.get(adapter.name)
         if loaded is not None and loaded[0] == folder:
             return loaded[1]
-        return self.store.fingerprint_of(served) if served is not None else None
+        serving = self.store.fingerprint_of(served) if served is not None else None
+        if serving is not None:  # held to it from now on, also once it is withdrawn and no longer served
+            self._loaded[adapter.name] = (folder, serving)
+        return serving
 
     def loaded(self, name: str, folder: Path, path: Path | str) -> None:
         """Remember that ``name`` (from ``folder``) is served from the store copy ``path``."""
