@@ -32,7 +32,8 @@ def test_slot_bytes_of_the_embedded_model_are_what_its_engine_allocated() -> Non
 
 
 def test_consolidation_saves_gpus() -> None:
-    plan = make_plan(PlanInput(shapes=llama2_7b_shapes(), base_bytes=LLAMA2_7B_BYTES, tenants=40, tenants_per_engine=16))
+    plan = make_plan(PlanInput(shapes=llama2_7b_shapes(), base_bytes=LLAMA2_7B_BYTES, tenants=40,
+                               tenants_per_engine=16))
     assert plan.dedicated_gpus == 40 and plan.consolidated_engines == 3 and plan.consolidated_gpus == 3
     assert plan.gpus_saved == 37
     assert 0 < plan.kv_bytes_per_engine < 80 * GIB
@@ -90,7 +91,8 @@ def test_registry_values_are_its_tenants_adapters_and_engine() -> None:
     assert values["tenants"] == len(reg.tenants) and values["max_loras"] == reg.engine.max_loras
     assert values["max_cpu_loras"] == reg.engine.max_cpu_loras
     assert values["dtype_bytes"] == DTYPE_BYTES[reg.engine.dtype]
-    assert values["adapter_rank"] == 8 and set(values["target_modules"]) == set(ALL_LINEAR_MODULES)  # type: ignore[arg-type]
+    assert values["adapter_rank"] == 8
+    assert set(values["target_modules"]) == set(ALL_LINEAR_MODULES)  # type: ignore[arg-type]
 
 
 def rows(output: str) -> dict[str, list[str]]:

@@ -67,9 +67,11 @@ def test_cli_compares_three_shapes_with_units_and_reasons() -> None:
     assert bad.exit_code == 2 and "Invalid value for '--min-tokens': 9 > --tokens 8" in bad.output
 
 
-@pytest.mark.parametrize(("knobs", "message"), [({"max_loras": 0}, "max_loras must be >= 1"),
-                                                ({"max_num_seqs": 0}, "max_num_seqs must be >= 1"),
-                                                ({"max_loras": 4, "max_cpu_loras": 2}, "max_cpu_loras 2 < max_loras 4")])
+@pytest.mark.parametrize(("knobs", "message"), [
+    ({"max_loras": 0}, "max_loras must be >= 1"),
+    ({"max_num_seqs": 0}, "max_num_seqs must be >= 1"),
+    ({"max_loras": 4, "max_cpu_loras": 2}, "max_cpu_loras 2 < max_loras 4"),
+])
 def test_engines_vllm_would_refuse_are_refused(knobs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Engine(**knobs)

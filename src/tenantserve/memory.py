@@ -57,7 +57,8 @@ class LinearShapes:
         return cls.from_config(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
 
 
-def adapter_bytes(shapes: LinearShapes, target_modules: tuple[str, ...] | list[str], rank: int, dtype_bytes: int) -> int:
+def adapter_bytes(shapes: LinearShapes, target_modules: tuple[str, ...] | list[str], rank: int,
+                  dtype_bytes: int) -> int:
     """Bytes of a LoRA adapter's A and B matrices: layers x sum(r x (in + out)) x dtype bytes."""
     per_layer = 0
     for module in target_modules:

@@ -50,8 +50,9 @@ def probe(registry_path: str) -> dict[str, Any]:
 
     registry = Registry.load(registry_path)
     values = registry_plan_values(registry)
-    llm = LLM(model=str(registry.base_path), enable_lora=True, max_loras=int(values["max_loras"]),  # type: ignore[call-overload]
-              max_lora_rank=int(values["max_lora_rank"]), max_cpu_loras=int(values["max_cpu_loras"]),  # type: ignore[call-overload]
+    knob = {k: int(values[k]) for k in ("max_loras", "max_lora_rank", "max_cpu_loras")}  # type: ignore[call-overload]
+    llm = LLM(model=str(registry.base_path), enable_lora=True, max_loras=knob["max_loras"],
+              max_lora_rank=knob["max_lora_rank"], max_cpu_loras=knob["max_cpu_loras"],
               max_model_len=registry.engine.max_model_len or 256, dtype=registry.engine.dtype,
               enforce_eager=True)
     ids = {}

@@ -1,14 +1,15 @@
 """Replay a request trace on a real vLLM engine and through the simulator, and compare what the plugin counted.
 
-What is compared, and why timing cannot change it (README, "Simulating traffic"): the trace is cut into *waves*
-(requests with the same arrival step). Each wave is queued while the scheduler is paused (``/pause?mode=keep``, a
-dev route: the engine takes no step while its queue fills), resumed, and run to completion before the next wave.
-Within a wave the queue order is fixed by vLLM's priority policy (priority = the request's index in the trace, so the
-order is the trace's arrival order whatever order the HTTP requests land in); every request has an exact prompt
-(token ids) and output length (``ignore_eos``), so the steps, the batches and the slot activations are a function
-of the trace alone. The one thing vLLM leaves to the process is the iteration order of its set of adapters (their
-name hashes): the engine gets a fixed ``PYTHONHASHSEED`` and the simulator is given the same hashes. Before each
-trace a *flush* wave of filler adapters fills every slot, so each trace starts from the same slot state.
+What is compared, and why timing cannot change it (README, "The simulator, checked against vLLM"): the trace is
+cut into *waves* (requests with the same arrival step). Each wave is queued while the scheduler is paused
+(``/pause?mode=keep``, a dev route: the engine takes no step while its queue fills), resumed, and run to completion
+before the next wave. Within a wave the queue order is fixed by vLLM's priority policy (priority = the request's
+index in the trace, so the order is the trace's arrival order whatever order the HTTP requests land in); every
+request has an exact prompt (token ids) and output length (``ignore_eos``), so the steps, the batches and the slot
+activations are a function of the trace alone. The one thing vLLM leaves to the process is the iteration order of
+its set of adapters (their name hashes): the engine gets a fixed ``PYTHONHASHSEED`` and the simulator is given the
+same hashes. Before each trace a *flush* wave of filler adapters fills every slot, so each trace starts from the
+same slot state.
 The engine's counts are the plugin's ``tenantserve_lora_*`` counters from ``/metrics``, before and after each trace.
 """
 
@@ -19,7 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,7 +204,8 @@ class EngineReplay:
         await asyncio.gather(*sent)
 
     async def _complete(self, client: httpx.AsyncClient, index: int, r: Request) -> None:
-        body = {"model": r.adapter or self.base_model, "prompt": [100 + (index + k) % 800 for k in range(r.prompt_tokens)],
+        prompt = [100 + (index + k) % 800 for k in range(r.prompt_tokens)]  # token ids: exactly prompt_tokens
+        body = {"model": r.adapter or self.base_model, "prompt": prompt,
                 "max_tokens": r.output_tokens, "min_tokens": r.output_tokens, "ignore_eos": True,
                 "temperature": 0, "priority": index}
         resp = await _ok(client.post("/v1/completions", json=body), f"request {index}")
@@ -212,7 +214,7 @@ class EngineReplay:
             raise EngineError(f"request {index}: the engine generated {got} tokens, not {r.output_tokens}")
 
 
-async def _ok(call, what: str) -> httpx.Response:  # type: ignore[no-untyped-def]
+async def _ok(call: Awaitable[httpx.Response], what: str) -> httpx.Response:
     try:
         resp = await call
     except httpx.HTTPError as exc:

@@ -113,7 +113,8 @@ def load_trace(path: Path, step_seconds: float) -> list[Request]:
     if not rows:
         raise TraceError(f"{path}: the trace has no requests")
     origin = min(r[0] for r in rows)
-    return [Request(int((t - origin) / step_seconds + 1e-9), adapter, prompt, output) for t, adapter, prompt, output in rows]
+    return [Request(int((t - origin) / step_seconds + 1e-9), adapter, prompt, output)
+            for t, adapter, prompt, output in rows]
 
 
 def _parse(line: str, where: str) -> tuple[float, str | None, int, int]:

@@ -1,7 +1,8 @@
 """The slot cache under a traffic shape: which shapes are comfortable and which melt it. Pure; no engine.
 
 A step-level model of vLLM 0.32's scheduler and LRU adapter manager, calibrated against a real engine
-(``tenantserve simulate --against-engine``; README, "Simulating traffic"). Every assumption is one of vLLM's rules:
+(``tenantserve simulate --against-engine``; README, "The simulator, checked against vLLM"). Every assumption is
+one of vLLM's rules:
 
 1. **Steps.** Time is counted in scheduler steps. A request of P prompt and T output tokens is prefilled in the step
    that admits it (chunked when the step's token budget is short), which also samples its first token; it then
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 #: The iteration order of a set of adapter names that were added to the batch in the given order.
 SetOrder = Callable[[Sequence[str]], list[str]]
 
-#: Verdict thresholds (fractions of requests deferred, slot hit rate); README, "Simulating traffic".
+#: Verdict thresholds (fractions of requests deferred, slot hit rate); README, "Planning: memory and traffic".
 COMFORTABLE_DEFERRED, COMFORTABLE_HIT_RATE, MELTING_DEFERRED = 0.01, 0.95, 0.25
 
 

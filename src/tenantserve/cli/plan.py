@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tenantserve.adapters import bytes_on_disk
-from tenantserve.memory import (GIB, adapter_bytes, slot_bytes, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, human_bytes, llama2_7b_shapes,
-                                registry_plan_values)
+from tenantserve.memory import (GIB, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, adapter_bytes, human_bytes,
+                                llama2_7b_shapes, registry_plan_values, slot_bytes)
 from tenantserve.plan import PlanInput, choose_inputs, make_plan
 from tenantserve.registry import Registry
 
@@ -59,13 +59,14 @@ def command(registry_path: Path | None, tenants: int | None, tenants_per_engine:
     chosen = choose_inputs(options, registry_values)
     v = {key: sourced.value for key, sourced in chosen.items()}
     try:
-        plan = make_plan(PlanInput(shapes=shapes, base_bytes=base_bytes, gpu_bytes=int(gpu_gib * GIB), **v))  # type: ignore[arg-type]
+        plan = make_plan(PlanInput(shapes=shapes, base_bytes=base_bytes, gpu_bytes=int(gpu_gib * GIB),
+                                   **v))  # type: ignore[arg-type]
     except (ValueError, KeyError) as exc:
         raise click.BadParameter(str(exc).strip("'")) from None
     inputs = Table("input", "value", "source", title="planning inputs")
     for key, sourced in chosen.items():
-        shown = ", ".join(sourced.value) if isinstance(sourced.value, tuple) else str(sourced.value)  # type: ignore[arg-type]
-        inputs.add_row(key, shown, sourced.source)
+        value = sourced.value
+        inputs.add_row(key, ", ".join(value) if isinstance(value, tuple) else str(value), sourced.source)
     console.print(inputs)
     modules = "/".join(m.removesuffix("_proj") for m in v["target_modules"])  # type: ignore[attr-defined]
     table = Table("line item", "value", title=f"{v['tenants']} tenants on {label}, {gpu_gib:g} GiB GPUs")
@@ -91,8 +92,8 @@ def _measured(console: Console, registry_path: Path, shapes: LinearShapes, value
 
     console.print("Starting vLLM offline to read its LoRA tensors (30-45 s, more on a busy machine) ...")
     got = run_probe(str(registry_path))
-    linear, vocab = slot_bytes(shapes, int(values["max_loras"]), int(values["max_lora_rank"]),  # type: ignore[call-overload]
-                               int(values["dtype_bytes"]))  # type: ignore[call-overload]
+    knob = {k: int(values[k]) for k in ("max_loras", "max_lora_rank", "dtype_bytes")}  # type: ignore[call-overload]
+    linear, vocab = slot_bytes(shapes, knob["max_loras"], knob["max_lora_rank"], knob["dtype_bytes"])
     measured = got["slot_bytes_by_module"]
     vocab_measured = sum(b for m, b in measured.items() if m in ("embed_tokens", "lm_head"))
     rows = [("slots: linear layers of every block", linear, got["slot_bytes"] - vocab_measured),
@@ -100,7 +101,7 @@ def _measured(console: Console, registry_path: Path, shapes: LinearShapes, value
             ("slot reservation", linear + vocab, got["slot_bytes"])]
     registry = Registry.load(registry_path)
     for bill in adapter_bills(registry, shapes):
-        formula_bytes = adapter_bytes(shapes, bill.config.target_modules, bill.config.rank, int(values["dtype_bytes"]))  # type: ignore[call-overload]
+        formula_bytes = adapter_bytes(shapes, bill.config.target_modules, bill.config.rank, knob["dtype_bytes"])
         rows.append((f"adapter {bill.name}", formula_bytes, got["adapter_bytes"].get(bill.name, 0)))
     table = Table("item", "formula", "engine", "engine/formula", title="reconciled with the engine's tensors")
     ok = True

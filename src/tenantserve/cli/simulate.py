@@ -42,7 +42,7 @@ AGAINST = {"adapters": 8, "max_loras": 2, "max_num_seqs": 4, "rate": 4.0, "token
               help="Steps of arrivals [default: 5000]; waves with --against-engine [default: 8].")
 @click.option("--seed", "seeds", type=int, multiple=True, help="Seed(s) [default: 0; 0 1 2 with --against-engine].")
 @click.option("--trace", "trace_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="Replay this JSON-lines trace instead of generated shapes (format: README, 'Simulating traffic').")
+              help="Replay this JSON-lines trace instead of generated shapes (format: README, 'Traces').")
 @click.option("--step-ms", type=click.FloatRange(0.1, 10_000), default=25.0, show_default=True,
               help="Length of one scheduler step, to turn a trace's arrival seconds into steps.")
 @click.option("--record", "record_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
