@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Mapping
 
 from tenantserve.adapters import CONFIG_NAME, STAMP_NAME, WEIGHTS_NAME
-from tenantserve.admission import Admission, BaseFacts, admit
+from tenantserve.admission import Admission, BaseFacts, EngineLora, admit
 from tenantserve.errors import AdapterError, TenantserveError
 from tenantserve.fingerprint import PREFIX, manifest_digest
 from tenantserve.fpcache import FileKey, FingerprintCache, default_cache_dir
@@ -364,12 +364,13 @@ def _remove(path: Path) -> None:
 
 def admit_stored(registry: Registry, adapter: AdapterSpec, store: AdapterStore, *, max_lora_rank: int | None = None,
                  base: BaseFacts | None = None, cache: FingerprintCache | None = None, inside: Path | None = None,
-                 follow_symlinks: bool = True) -> tuple[StoredAdapter, Admission]:
+                 follow_symlinks: bool = True, lora_config: EngineLora | None = None) -> tuple[StoredAdapter, Admission]:
     """Copy the adapter into the store, then admit the copy: what was checked is what will be served.
 
     An adapter whose registry entry pins a ``fingerprint`` (the content admitted at onboarding) is refused with
     ``adapter_changed`` when its folder no longer holds that content; nothing is copied then. Other refusals are
-    ``admit``'s (run on the copy) and ``put``'s. Serve ``stored.path``, never the folder."""
+    ``admit``'s (run on the copy, against ``lora_config`` when given) and ``put``'s. Serve ``stored.path``, never the
+    folder."""
     label = f"adapter '{adapter.name}'"
     folder = registry.adapter_path(adapter)
     pinned = adapter.fingerprint
@@ -380,7 +381,7 @@ def admit_stored(registry: Registry, adapter: AdapterSpec, store: AdapterStore, 
     if pinned:
         _require_pin(label, folder, pinned, stored.fingerprint)
     admission = admit(registry, adapter.model_copy(update={"path": stored.path}), max_lora_rank=max_lora_rank,
-                      base=base, cache=cache)
+                      base=base, cache=cache, lora_config=lora_config)
     return stored, admission
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from tenantserve.adapter_store import AdapterStore, admit_stored
-from tenantserve.admission import Admission, BaseFacts, verify_base
+from tenantserve.admission import Admission, BaseFacts, EngineLora, verify_base
 from tenantserve.engine.args import ExtraArgs, parse_extra_args
 from tenantserve.errors import AdapterError, EngineError, RegistryError, TenantserveError
 from tenantserve.metrics import MULTIPROC_ENV, make_multiproc_dir
@@ -77,6 +77,13 @@ class ResolvedKnobs:
     target_modules: tuple[str, ...] | None = None  # --lora-target-modules: LoRA only on these module suffixes
     lora_dtype: str = "auto"
     from_extra_args: frozenset[str] = frozenset()
+
+    def lora_config(self, max_lora_rank: int | None = None) -> EngineLora:
+        """The engine's LoRA settings, as admission judges adapters against them. ``max_lora_rank``: instead of
+        this one (the launcher's first pass when the rank is derived)."""
+        return EngineLora(max_lora_rank=max_lora_rank or self.max_lora_rank, max_loras=self.max_loras,
+                          max_cpu_loras=self.max_cpu_loras, lora_dtype=self.lora_dtype,
+                          target_modules=self.target_modules)
 
 
 @dataclass(frozen=True)
@@ -297,8 +304,11 @@ def admit_adapters(registry: Registry, base: BaseFacts, *, cache: FingerprintCac
 
     With an explicit ``max_lora_rank`` each adapter is admitted once against it. When it is derived, the adapters
     are admitted against the largest rank vLLM accepts, the rank is derived from the admitted ones only (a refused
-    adapter must not widen every slot), and they are admitted again against it (the weights' real ranks).
-    Raises only ``RegistryError`` (the engine section itself is invalid).
+    adapter must not widen every slot), and they are admitted again against it (the weights' real ranks). Every
+    admission sees the engine as configured (``ResolvedKnobs.lora_config``: ``--lora-target-modules``,
+    ``--lora-dtype``, ... from ``engine.extra_args`` included).
+    Raises only ``RegistryError`` (the engine section is invalid, or vLLM refuses its LoRA settings) and
+    ``EngineError`` (vLLM, whose own validation admission runs, cannot be imported).
     """
     knobs = resolve_knobs(registry, {})  # validates engine: + extra_args before any adapter is read
     explicit = None if knobs.rank_derived else knobs.max_lora_rank
@@ -306,11 +316,13 @@ def admit_adapters(registry: Registry, base: BaseFacts, *, cache: FingerprintCac
     copies = store if store is not None else AdapterStore.default(cache=cache)
 
     def judge(pairs: list[tuple[TenantSpec, AdapterSpec]], rank: int) -> list[tuple[TenantSpec, AdapterSpec, Admission]]:
-        passed = []
+        passed, engine = [], knobs.lora_config(rank)
         for tenant, spec in pairs:
             try:
-                stored, admission = admit_stored(registry, spec, copies, max_lora_rank=rank, base=base, cache=cache)
+                stored, admission = admit_stored(registry, spec, copies, base=base, cache=cache, lora_config=engine)
                 passed.append((tenant, spec.model_copy(update={"path": stored.path}), admission))
+            except (RegistryError, EngineError):
+                raise  # vLLM refuses the engine's settings, or cannot be imported: no adapter's fault
             except TenantserveError as exc:
                 refused.append(Refusal(tenant.id, spec.name, exc.code, str(exc)))
             except OSError as exc:  # a file that cannot be read is this adapter's fault, not the launch's
