@@ -77,7 +77,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredEngine]
     def adjust(reg: Registry) -> None:
         reg.tenant("globex").allow_base = False  # type: ignore[union-attr]
         reg.tenant("initech").max_in_flight = 1  # type: ignore[union-attr]
-        reg.engine.extra_args = [*reg.engine.extra_args, "--allowed-origins", f'["{BROWSER_ORIGIN}"]']  # CORS on
+        reg.engine.extra_args = [*reg.engine.extra_args, "--allowed-origins", f'["{BROWSER_ORIGIN}"]',  # CORS on
+                                 "--enable-prompt-tokens-details"]  # usage shows prefix-cache hits (cached_tokens)
 
     path, keys = copy_secured_registry(tmp / "adapters.yaml", adjust)
     prom_dir = tmp / "prometheus"
