@@ -230,7 +230,7 @@ def _vllm() -> tuple[type, type]:
 def _read_weights(label: str, path: Path, cfg: AdapterConfig, budget: MatchBudget) -> list[LoraModule]:
     """The adapted modules, sorted, once the weights are known to be what the config describes."""
     weights = path / WEIGHTS_NAME
-    if not weights.is_file():
+    if not os.path.lexists(weights):  # present but not a regular file (a FIFO, a device): read_header refuses it
         pickled = [p.name for p in (path / "adapter_model.bin", path / "adapter_model.pt") if p.is_file()]
         if pickled:
             raise AdapterError(f"{label}: {pickled[0]} is a pickle, which cannot be checked without running it; "
@@ -384,7 +384,7 @@ def _adapter_dir(label: str, registry: Registry, spec: AdapterSpec, root: Path |
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise AdapterError(f"{label}: path {path} is not a directory", code="path_missing") from None
-    except (ValueError, TypeError, OSError) as exc:  # a NUL byte, a name too long, a symlink loop
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise AdapterError(f"{label}: path {_short(str(spec.path))} is not usable ({detail})",
                            code="path_invalid") from None

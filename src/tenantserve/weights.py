@@ -34,6 +34,7 @@ ADAPTER_HEADER_LIMIT = 16 << 20
 #: A base shard's header (operator-provided, so generous: the largest MoE shards list tens of thousands of tensors).
 BASE_HEADER_LIMIT = 100 << 20
 _MAX_DIMS = 16
+_CHUNK = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,20 @@ def read_bounded(
     with open_untrusted(path, label=label, unreadable=unreadable, error=error) as (fh, size):
         if size > limit:
             raise _too_large(error, label, path, size, limit, too_large)
+        chunks: list[bytes] = []
+        total = 0
         try:
-            data = fh.read(limit + 1)
+            while total <= limit:  # in chunks: a read(limit) would allocate the whole limit for a small file
+                chunk = fh.read(min(_CHUNK, limit + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
         except OSError as exc:
             raise error(f"{label}: cannot read {_show(path)}: {exc.strerror}", code=unreadable) from None
-    if len(data) > limit:
-        raise _too_large(error, label, path, len(data), limit, too_large)
-    return data
+    if total > limit:  # it grew while read
+        raise _too_large(error, label, path, total, limit, too_large)
+    return b"".join(chunks)
 
 
 def read_header(
@@ -111,6 +119,8 @@ def read_header(
                         raise _invalid(error, label, path, f"header length {n} is not plausible")
                     raise error(f"{label}: {path.name} has a {n}-byte header, above the {limit}-byte limit for "
                                 "this file", code="weights_header_too_large")
+                if n > size - 8:
+                    raise _truncated(error, label, path, f"header says {n} bytes of JSON, file has {size - 8}")
                 raw = fh.read(n)
             except OSError as exc:
                 raise error(f"{label}: cannot read {path}: {exc.strerror}", code="weights_unreadable") from None
