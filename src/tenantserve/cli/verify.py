@@ -31,9 +31,13 @@ from tenantserve.verify import VerifyReport, VerifyRequest, verify
 @click.option("--tolerance", type=click.FloatRange(min=0), default=None,
               help="Largest |logprob difference| allowed on agreeing tokens, in nats (default 0.01 for a float32 "
                    "engine, 0.5 for 16-bit).")
+@click.option("--lm-eval", "lm_eval_task", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also evaluate a local lm-evaluation-harness task file both ways (hf + peft vs local-completions "
+                   "in mixed batches); every metric must be equal. Needs `pip install lm-eval`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(model: str, registry_path: Path, engine_url: str | None, prompts: Path | None,
-            dedicated_base: Path | None, top_k: int, tolerance: float | None, as_json: bool) -> None:
+            dedicated_base: Path | None, top_k: int, tolerance: float | None, lm_eval_task: Path | None,
+            as_json: bool) -> None:
     """Compare one tenant's outputs served dedicated (transformers + peft, the adapter alone, float32, greedy) with
     the same requests on the shared engine, in batches mixed with other tenants' adapters and base requests.
 
@@ -47,7 +51,7 @@ def command(model: str, registry_path: Path, engine_url: str | None, prompts: Pa
     settings = Settings()
     err = Console(stderr=True, soft_wrap=True)
     request = VerifyRequest(model=model, registry_path=registry_path, engine_url=engine_url, prompts=prompts,
-                            dedicated_base=dedicated_base, top_k=top_k, tolerance=tolerance,
+                            dedicated_base=dedicated_base, top_k=top_k, tolerance=tolerance, lm_eval_task=lm_eval_task,
                             engine_log=settings.state_dir / "verify-engine.log", ready_timeout=settings.ready_timeout)
     report = verify(request, progress=lambda line: err.print(escape(line), highlight=False))
     if as_json:
@@ -72,7 +76,17 @@ def _print(report: VerifyReport, console: Console) -> None:
             verdict += f" {escape(d.reason)}"
         table.add_row(str(i), escape(r.case.prompt), escape(r.dedicated.text), escape(r.consolidated.text), tokens,
                       drift, mixed, verdict)
-    console.print(table)
+    if report.rows:
+        console.print(table)
+    if report.lm_eval is not None:
+        lm = report.lm_eval
+        metrics = Table("metric", "dedicated (hf + peft)", "consolidated (engine)", "verdict",
+                        title=f"lm-eval {lm.task}, consolidated mixed with {', '.join(lm.mixed_with) or 'none'} "
+                              f"(of {', '.join(lm.companions) or 'none'})")
+        for m in lm.rows:
+            metrics.add_row(m.metric, f"{m.dedicated:.4f}", f"{m.consolidated:.4f}",
+                            "[green]pass[/]" if m.passed else "[red]FAIL[/]")
+        console.print(metrics)
     failed = sum(not r.diff.passed for r in report.rows)
     console.print(f"{len(report.rows) - failed}/{len(report.rows)} prompts pass (top-{report.top_k}, tolerance "
                   f"{report.tolerance:g}); {'OK' if report.ok else 'FAILED'}", highlight=False)

@@ -58,7 +58,7 @@ class Consolidated:
         results: list[EngineResult] = []
         for start in range(0, len(cases), wave_size):
             wave = cases[start:start + wave_size]
-            with self._companions(companions, wave[0].prompt) as running:
+            with self.mixed_batch(companions, wave[0].prompt) as running:
                 with ThreadPoolExecutor(len(wave)) as pool:
                     generations = list(pool.map(lambda c: self.complete(model, c), wave))
                 mixed = tuple(c.model for c in running if c.ran_throughout())
@@ -72,8 +72,13 @@ class Consolidated:
             extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True}), model=model)
         return parse_choice(resp.choices[0].model_dump())
 
+    @property
+    def api_key(self) -> str | None:
+        return self._api_key
+
     @contextmanager
-    def _companions(self, models: list[str], prompt: str) -> Iterator[list[_Companion]]:
+    def mixed_batch(self, models: list[str], prompt: str) -> Iterator[list[_Companion]]:
+        """One running companion request per model for the block's duration (see the module docstring)."""
         running = [_Companion(self, m, prompt) for m in models]
         for c in running:
             c.start()

@@ -19,7 +19,9 @@ from tenantserve.errors import AdapterError, TenantserveError
 from tenantserve.registry import Registry
 from tenantserve.verify.compare import Generation, PromptDiff, compare, default_tolerance
 from tenantserve.verify.consolidated import Consolidated, EngineResult
+from tenantserve.verify import lmeval
 from tenantserve.verify.dedicated import DedicatedModel
+from tenantserve.verify.lmeval import LmEvalResult, load_task
 from tenantserve.verify.prompts import PromptCase, PromptsError, default_prompts_path, load_prompts
 
 
@@ -44,6 +46,7 @@ class VerifyRequest:
     engine_log: Path = Path(".tenantserve/verify-engine.log")
     ready_timeout: float = 300.0
     engine_env: dict[str, str] = field(default_factory=dict)
+    lm_eval_task: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,11 @@ class VerifyReport:
     tolerance: float
     top_k: int
     rows: list[PromptReport]
+    lm_eval: LmEvalResult | None = None
 
     @property
     def ok(self) -> bool:
-        return all(r.diff.passed for r in self.rows)
+        return all(r.diff.passed for r in self.rows) and (self.lm_eval is None or self.lm_eval.ok)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +91,12 @@ class VerifyReport:
                 "dedicated_tokens": r.dedicated.token_ids, "consolidated_tokens": r.consolidated.token_ids,
                 "companions": list(r.companions), "mixed_with": list(r.mixed_with),
             } for r in self.rows],
+            "lm_eval": None if self.lm_eval is None else {
+                "task": str(self.lm_eval.task), "ok": self.lm_eval.ok, "companions": list(self.lm_eval.companions),
+                "mixed_with": list(self.lm_eval.mixed_with),
+                "metrics": [{"metric": m.metric, "dedicated": m.dedicated, "consolidated": m.consolidated,
+                             "passed": m.passed} for m in self.lm_eval.rows],
+            },
         }
 
 
@@ -101,9 +111,12 @@ def companions_for(registry: Registry, model: str, served: list[str]) -> list[st
 
 
 def resolve_prompts(request: VerifyRequest, registry: Registry) -> list[PromptCase]:
+    """``--prompts``, else the registry's default set; with an lm-eval task alone, no prompts is fine."""
     if request.prompts is not None:
         return load_prompts(request.prompts)
     path = default_prompts_path(registry.source, request.model)
+    if (path is None or not path.is_file()) and request.lm_eval_task is not None:
+        return []
     if path is None or not path.is_file():
         raise PromptsError(f"no prompt set for '{request.model}': pass --prompts FILE (JSON lines, "
                            f"{{\"prompt\": ..., \"max_tokens\": ...}}) or create {path}")
@@ -127,6 +140,7 @@ def verify(request: VerifyRequest, *, progress: Callable[[str], None] = lambda _
         raise AdminTokenMissing(f"the registry has security.auth on: set {registry.security.admin_token_env} to "
                                 "the engine's admin token")
 
+    task = load_task(request.lm_eval_task) if request.lm_eval_task is not None else None
     dedicated_model = DedicatedModel(base_dir, adapter_dir)
     dedicated_model.check()
     with _engine(request, registry, token, progress) as (url, token):
@@ -138,11 +152,12 @@ def verify(request: VerifyRequest, *, progress: Callable[[str], None] = lambda _
         companions = companions_for(registry, request.model, served)
         progress(f"dedicated: {base_dir}" + (f" + {adapter_dir}" if adapter_dir else "") +
                  " (transformers, float32, greedy)")
-        dedicated_model.load()
-        dedicated = [dedicated_model.generate(c, top_k=request.top_k) for c in cases]
+        dedicated = [dedicated_model.load().generate(c, top_k=request.top_k) for c in cases] if cases else []
         del dedicated_model
         progress(f"consolidated: {url}, '{request.model}' mixed with {', '.join(companions) or 'nothing'}")
         consolidated: list[EngineResult] = client.run(request.model, cases, companions)
+        lm_eval = None if task is None else _lm_eval(request, task, client, companions, base_dir, adapter_dir,
+                                                     cases[0].prompt if cases else "Hello", progress)
         engine_label = url if request.engine_url else f"{url}, started for this run"
 
     tolerance = request.tolerance if request.tolerance is not None else \
@@ -150,7 +165,24 @@ def verify(request: VerifyRequest, *, progress: Callable[[str], None] = lambda _
     rows = [PromptReport(case, d, c.generation, compare(d, c.generation, tolerance=tolerance), c.companions,
                          c.mixed_with) for case, d, c in zip(cases, dedicated, consolidated)]
     return VerifyReport(request.model, is_base, base_dir, engine_label, tolerance,
-                        request.top_k, rows)
+                        request.top_k, rows, lm_eval)
+
+
+def _lm_eval(request: VerifyRequest, task: dict[str, Any], client: Consolidated, companions: list[str],
+             base_dir: Path, adapter_dir: Path | None, companion_prompt: str,
+             progress: Callable[[str], None]) -> LmEvalResult:
+    """The task through lm-eval on both sides; the consolidated run inside mixed batches."""
+    assert request.lm_eval_task is not None
+    progress(f"lm-eval {request.lm_eval_task}: dedicated (hf, peft)")
+    dedicated = lmeval.evaluate(lmeval.prepare(task, "hf", lmeval.dedicated_args(base_dir, adapter_dir)))
+    progress("lm-eval: consolidated (local-completions) mixed with " + (", ".join(companions) or "nothing"))
+    prepared = lmeval.prepare(task, "local-completions",
+                              lmeval.consolidated_args(client.url, request.model, base_dir, client.api_key))
+    with client.mixed_batch(companions, companion_prompt) as running:
+        consolidated = lmeval.evaluate(prepared)
+        mixed = tuple(c.model for c in running if c.ran_throughout())
+    return LmEvalResult(request.lm_eval_task, lmeval.compare_metrics(dedicated, consolidated), tuple(companions),
+                        mixed)
 
 
 def _admin_token(registry: Registry) -> str | None:

@@ -1,0 +1,112 @@
+"""``verify --lm-eval TASK_YAML``: the same comparison through lm-evaluation-harness instead of our own prompts.
+
+One local task file (its ``data_files`` relative to the file) is evaluated twice: ``hf`` with ``peft=`` (the
+dedicated side, float32) and ``local-completions`` against the engine (the consolidated side, while companions
+hold other tenants' adapters and the base in the batch, as in ``consolidated``). Every metric must be equal.
+Needs ``pip install lm-eval`` (not a dependency of tenantserve).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tenantserve.errors import TenantserveError
+from tenantserve.verify.prompts import PromptsError
+
+
+class LmEvalMissing(TenantserveError):
+    code = "lm_eval_missing"
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class LmEvalResult:
+    task: Path
+    rows: list[MetricRow]
+    companions: tuple[str, ...]
+    mixed_with: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    metric: str
+    dedicated: float
+    consolidated: float
+
+    @property
+    def passed(self) -> bool:
+        return abs(self.dedicated - self.consolidated) <= 1e-9
+
+
+def load_task(path: Path) -> dict[str, Any]:
+    """The task file as an lm-eval config dict, its local ``data_files`` made absolute. Raises ``PromptsError``."""
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PromptsError(f"{path}: cannot read the lm-eval task: {exc}", code="task_invalid") from None
+    if not isinstance(config, dict) or not isinstance(config.get("task"), str):
+        raise PromptsError(f"{path}: an lm-eval task file needs a 'task' name", code="task_invalid")
+    files = (config.get("dataset_kwargs") or {}).get("data_files")
+    if isinstance(files, dict):
+        config["dataset_kwargs"]["data_files"] = {k: str((path.parent / v).resolve()) for k, v in files.items()}
+    elif isinstance(files, str):
+        config["dataset_kwargs"]["data_files"] = str((path.parent / files).resolve())
+    return config
+
+
+@dataclass
+class Prepared:
+    """An lm-eval model and task, built before the run (tokenizers loaded, tasks indexed): the timed part is then
+    only the requests."""
+
+    lm: Any
+    tasks: list[Any]
+    name: str
+
+
+def prepare(task: dict[str, Any], model: str, model_args: dict[str, Any]) -> Prepared:
+    try:
+        from lm_eval.api.registry import get_model
+        from lm_eval.tasks import TaskManager, get_task_dict
+    except ImportError:
+        raise LmEvalMissing("--lm-eval needs lm-evaluation-harness: pip install lm-eval") from None
+    lm = get_model(model).create_from_arg_obj(model_args, {"batch_size": 1})
+    task_dict = get_task_dict([dict(task)], TaskManager())
+    return Prepared(lm, list(task_dict.values()), task["task"])
+
+
+def evaluate(prepared: Prepared) -> dict[str, float]:
+    """One lm-eval run; its numeric metrics (``exact_match,none`` -> ``exact_match``), stderr left out."""
+    from lm_eval import simple_evaluate
+
+    results = simple_evaluate(model=prepared.lm, tasks=prepared.tasks, log_samples=False, bootstrap_iters=0)
+    metrics = (results or {}).get("results", {}).get(prepared.name, {})
+    return {k.split(",")[0]: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k}
+
+
+def dedicated_args(base_dir: Path, adapter_dir: Path | None) -> dict[str, Any]:
+    args: dict[str, Any] = {"pretrained": str(base_dir), "dtype": "float32", "device": "cpu"}
+    if adapter_dir is not None:
+        args["peft"] = str(adapter_dir)
+    return args
+
+
+def consolidated_args(url: str, model: str, tokenizer_dir: Path, token: str | None) -> dict[str, Any]:
+    args: dict[str, Any] = {"base_url": f"{url}/v1/completions", "model": model, "tokenizer": str(tokenizer_dir),
+                            "tokenizer_backend": "huggingface", "num_concurrent": 4, "max_retries": 1}
+    if token:
+        args["header"] = {"Authorization": f"Bearer {token}"}
+    return args
+
+
+def compare_metrics(dedicated: dict[str, float], consolidated: dict[str, float]) -> list[MetricRow]:
+    return [MetricRow(name, dedicated[name], consolidated.get(name, float("nan"))) for name in sorted(dedicated)]
