@@ -89,15 +89,15 @@ def test_a_fifo_or_a_device_in_place_of_a_file_is_refused_without_blocking(world
     t.start()
     t.join(60)
     assert not t.is_alive(), "admission blocked on a FIFO"
-    assert result == ["path_invalid"]
+    assert result == ["file_not_regular"]
     cfg.unlink()
     os.symlink("/dev/zero", cfg)  # endless
-    assert world.refusal().code == "path_invalid"
+    assert world.refusal().code == "file_not_regular"
     cfg.unlink()
     make_adapter(adapter)
     (adapter / "adapter_model.safetensors").unlink()
     os.mkfifo(adapter / "adapter_model.safetensors")
-    assert world.refusal().code == "path_invalid"
+    assert world.refusal().code == "file_not_regular"
 
 
 def test_a_huge_config_is_refused_unread(world: World, adapter: Path) -> None:

@@ -132,7 +132,8 @@ class AdapterConfig:
     @classmethod
     def read(cls, adapter_dir: Path, *, name: str | None = None) -> AdapterConfig:
         """Read (at most ``CONFIG_LIMIT`` bytes) and validate ``adapter_config.json``; raise ``AdapterError``
-        (config_missing, config_unreadable, config_too_large, config_invalid, path_invalid) naming the adapter."""
+        (config_missing, config_unreadable, config_too_large, config_invalid, path_invalid, file_not_regular)
+        naming the adapter."""
         label = f"adapter '{name}'" if name else f"adapter at {adapter_dir}"
         path = adapter_dir / CONFIG_NAME
         try:

@@ -50,8 +50,8 @@ def open_untrusted(
     """Open a regular file for reading without blocking; yield (file, size in bytes).
 
     ``FileNotFoundError`` passes through (the caller decides whether absence is an error). A NUL byte or another
-    unusable name, a FIFO, socket, device or directory: ``error`` with code ``path_invalid``. Other OS errors:
-    ``error`` with code ``unreadable``.
+    unusable name: ``error`` with code ``path_invalid``; a FIFO, socket, device or directory: ``file_not_regular``
+    (the adapter store's code for the same fault). Other OS errors: ``error`` with code ``unreadable``.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -64,7 +64,7 @@ def open_untrusted(
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{label}: {_show(path)} is not a regular file", code="path_invalid")
+            raise error(f"{label}: {_show(path)} is not a regular file", code="file_not_regular")
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as fh:
             yield fh, st.st_size
