@@ -72,3 +72,27 @@ def test_check_and_launch_agree(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "tenantserve: refused adapter 'attn' (tenant acme) [no_target_match]: " in res.stderr
     assert "--lora-modules" not in res.stdout
+
+
+@pytest.mark.parametrize(("extra_args", "want"), [(["--lora-target-modules", "down_proj"], (400, "no_target_match")),
+                                                  ([], (502, None))])
+def test_the_sidecar_judges_runtime_onboarding_against_the_same_engine(tmp_path: Path, extra_args: list[str],
+                                                                       want: tuple[int, str | None]) -> None:
+    """Runtime onboarding is refused for the same reason launch refuses it; without the flag the request passes
+    admission and reaches the engine (absent here: 502)."""
+    from tenantserve.demo import free_port
+    from tenantserve.fingerprint import fingerprint
+    from tests.sidecar.serving import SidecarThread
+
+    base = make_base(tmp_path / "base")
+    make_adapter(tmp_path / "adapters" / "acme" / "attn", targets=("q_proj", "v_proj"))
+    path = tmp_path / "adapters.yaml"
+    path.write_text(json.dumps({"base": {"name": "b", "path": "base"}, "security": {"auth": False},
+                                "engine": {"max_loras": 2, "max_lora_rank": 8, "extra_args": extra_args},
+                                "tenants": [{"id": "acme"}]}))
+    with SidecarThread(path, f"http://127.0.0.1:{free_port()}", reconcile=False) as sidecar, sidecar.client() as c:
+        res = c.post("/admin/tenants/acme/adapters", json={
+            "name": "attn", "path": str(tmp_path / "adapters" / "acme" / "attn"),
+            "base_fingerprint": fingerprint(base).value})
+    code = res.json()["error"]["code"] if res.status_code == 400 else None
+    assert (res.status_code, code) == want, res.text

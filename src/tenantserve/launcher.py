@@ -186,6 +186,12 @@ def resolve_knobs(registry: Registry, ranks: dict[str, int]) -> ResolvedKnobs:
                          from_extra_args=frozenset(extra.values))
 
 
+def engine_lora(registry: Registry, max_lora_rank: int) -> EngineLora:
+    """The running engine's LoRA settings for a registry whose slot rank is known (the sidecar's view): the same
+    resolution of ``engine:`` and ``engine.extra_args`` as the launch. Raises ``RegistryError`` like it. Pure."""
+    return resolve_knobs(registry, {}).lora_config(max_lora_rank)
+
+
 def is_loopback(host: str) -> bool:
     """Does binding ``host`` keep the server on this machine? ``localhost``, 127.0.0.0/8, ::1 (also written
     ``[::1]`` or ``::ffff:127.0.0.1``). Anything else, including other hostnames, counts as the network. Pure."""

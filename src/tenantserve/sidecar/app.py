@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from tenantserve import __version__
 from tenantserve.adapters import AdapterConfig
 from tenantserve.errors import AdapterError
-from tenantserve.launcher import derive_max_lora_rank
+from tenantserve.launcher import derive_max_lora_rank, engine_lora, resolve_knobs
 from tenantserve.registry import Registry
 from tenantserve.sidecar.basepin import read_served_base
 from tenantserve.sidecar.config import SidecarConfig
@@ -34,9 +34,11 @@ from tenantserve.sidecar.tenant_keys import KeyService
 
 
 def slot_rank(registry: Registry) -> int:
-    """The ``max_lora_rank`` the launcher gives the engine for this registry (configured, or derived)."""
-    if registry.engine.max_lora_rank is not None:
-        return registry.engine.max_lora_rank
+    """The ``max_lora_rank`` the launcher gives the engine for this registry (configured under ``engine:`` or in
+    ``engine.extra_args``, or derived: here from every readable config, the launcher's from the admitted ones)."""
+    knobs = resolve_knobs(registry, {})
+    if not knobs.rank_derived:
+        return knobs.max_lora_rank
     ranks = []
     for _, adapter in registry.adapters():
         try:
@@ -58,8 +60,9 @@ def create_app(config: SidecarConfig, *, metrics_registry: CollectorRegistry | N
         board = StatusBoard(metrics)
         base, app.state.base_check = await asyncio.to_thread(read_served_base, registry, metrics)
         content = await asyncio.to_thread(ServedContent.default, config.adapters_root)  # the adapter store
-        service = AdminService(store, engine, board, metrics, config, max_lora_rank=slot_rank(registry), base=base,
-                               content=content)
+        rank = slot_rank(registry)
+        service = AdminService(store, engine, board, metrics, config, max_lora_rank=rank, base=base, content=content,
+                               lora_config=engine_lora(registry, rank))  # the engine as configured (extra_args too)
         reconciler = Reconciler(store, engine, board, metrics, config, service.admit, content=content)
         app.state.metrics, app.state.store, app.state.engine = metrics, store, engine
         app.state.service, app.state.reconciler = service, reconciler

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tenantserve.admission import BaseFacts, admit
+from tenantserve.admission import BaseFacts, EngineLora, admit
 from tenantserve.errors import EngineError, TenantserveError
 from tenantserve.registry import AdapterSpec, Registry, TenantSpec
 from tenantserve.sidecar.config import SidecarConfig
@@ -34,10 +34,11 @@ from tenantserve.sidecar.store import RegistryStore
 class AdminService:
     def __init__(self, store: RegistryStore, engine: EngineClient, board: StatusBoard, metrics: SidecarMetrics,
                  config: SidecarConfig, *, max_lora_rank: int | None, base: BaseFacts | None = None,
-                 content: ServedContent | None = None) -> None:
+                 content: ServedContent | None = None, lora_config: EngineLora | None = None) -> None:
         self.store, self.engine, self.board, self.metrics, self.config = store, engine, board, metrics, config
         self.content = content  # None: serve folders as they are (tests without an adapter store)
         self.max_lora_rank = max_lora_rank
+        self.lora_config = lora_config  # the engine as configured (launcher.engine_lora); None: the rank alone
         self.base = base
 
     def admit(self, registry: Registry, adapter: AdapterSpec) -> object:
@@ -57,7 +58,7 @@ class AdminService:
         return self._admit(registry, adapter)
 
     def _admit(self, registry: Registry, adapter: AdapterSpec) -> object:
-        return admit(registry, adapter, max_lora_rank=self.max_lora_rank, base=self.base)
+        return admit(registry, adapter, max_lora_rank=self.max_lora_rank, base=self.base, lora_config=self.lora_config)
 
     def _check_ownership(self, registry: Registry, tenant_id: str, spec: AdapterSpec, folder: Path) -> Layout:
         """The ownership rule for a runtime onboarding (reads the disk: run in a thread)."""
