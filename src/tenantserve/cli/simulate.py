@@ -25,7 +25,8 @@ AGAINST = {"adapters": 8, "max_loras": 2, "max_num_seqs": 4, "rate": 4.0, "token
               help="Registered adapters [default: 40; 8 with --against-engine].")
 @click.option("--max-loras", type=click.IntRange(1, 256), default=None,
               help="Slots per engine [default: 8; 2 with --against-engine].")
-@click.option("--max-cpu-loras", type=click.IntRange(1), default=None, help="Host cache size [default: --adapters].")
+@click.option("--max-cpu-loras", type=click.IntRange(1), default=None,
+              help="Host cache size [default: --adapters; --against-engine always holds every adapter].")
 @click.option("--max-num-seqs", type=click.IntRange(1), default=None,
               help="Batch size limit [default: 64; 4 with --against-engine].")
 @click.option("--shape", "shapes", type=click.Choice(SHAPES), multiple=True,
