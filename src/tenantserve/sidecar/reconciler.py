@@ -159,8 +159,7 @@ class Reconciler:
         withdrawn: dict[str, tuple[str, str, TenantserveError]] = {}
         if self._content is not None:  # each folder re-fingerprinted (a stat per unchanged file)
             desired, withdrawn = await asyncio.to_thread(self._resolve, registry, actual)
-        for name, (tenant, folder, error) in withdrawn.items():
-            self._show_withdrawn(name, tenant, folder, error)
+        failures = sum(self._show_withdrawn(n, t, folder, error) for n, (t, folder, error) in withdrawn.items())
         for name, (tenant, path) in desired.items():
             self.board.ensure(name, tenant, path)
             state = self.board.get(name).state  # type: ignore[union-attr]
@@ -172,7 +171,7 @@ class Reconciler:
         withdraw = sorted(n for n in withdrawn if n in actual)
         self.status.last_plan = {"load": list(plan.load), "unload": list(plan.unload), "replace": list(plan.replace),
                                  "withdraw": withdraw}
-        if plan.empty and not withdraw:
+        if plan.empty and not withdraw and not failures:
             self.status.last_error = None
             return "ok"
         sem = asyncio.Semaphore(self.config.load_concurrency)
@@ -180,7 +179,7 @@ class Reconciler:
         jobs = [self._unload(n, ctx, sem) for n in plan.unload]
         jobs += [self._withdraw(n, sem) for n in withdraw]
         jobs += [self._load(n, ctx, sem, replace=n in plan.replace) for n in (*plan.load, *plan.replace)]
-        errors = sum(await asyncio.gather(*jobs))
+        errors = sum(await asyncio.gather(*jobs)) + failures
         if errors:
             self.metrics.reconcile_errors.inc(errors)
             return "error"
@@ -207,13 +206,19 @@ class Reconciler:
         self._content.retain(set(desired) | set(withdrawn))
         return desired, withdrawn
 
-    def _show_withdrawn(self, name: str, tenant: str, folder: str, error: TenantserveError) -> None:
-        """``failed`` with the reason; looked at again next pass (restoring the files brings it back)."""
+    def _show_withdrawn(self, name: str, tenant: str, folder: str, error: TenantserveError) -> int:
+        """``failed`` with the reason, checked again every pass; counted as a failed attempt (with backoff) like a
+        failed load, so restored files load at the next retry. Returns 1 when an attempt was counted."""
         status = self.board.get(name)
         if status is None or status.tenant != tenant:
-            self.board.ensure(name, tenant, folder)
-        self.board.set(name, AdapterState.FAILED, last_error=str(error), error_code=error.code,
-                       next_retry=time.monotonic() + self.config.reconcile_interval)
+            status = self.board.ensure(name, tenant, folder)
+        if status.state is AdapterState.FAILED and time.monotonic() < status.next_retry:
+            if status.error_code != error.code or status.last_error != str(error):
+                self.board.set(name, AdapterState.FAILED, last_error=str(error), error_code=error.code)
+            return 0
+        self.board.fail(name, error, backoff_initial=self.config.backoff_initial, backoff_max=self.config.backoff_max)
+        self.status.last_error = f"{name}: {error}"
+        return 1
 
     async def _withdraw(self, name: str, sem: asyncio.Semaphore) -> int:
         """Unload a registered adapter whose folder changed (its store copy would still serve the old content)."""
