@@ -97,3 +97,42 @@ def test_default_registry_passes_check() -> None:
     res = _cli("check", "--registry", str(DEFAULT_REGISTRY), cwd=DEFAULT_REGISTRY.parent.parent)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "base: match" in res.stdout and "3/3 adapters admitted" in res.stdout
+
+
+def test_check_shows_a_missing_adapter_dir_as_a_refused_row_and_exits_1(world: Path) -> None:
+    """Before: Registry.load refused the whole file (exit 2, no table). Now the table has the row."""
+    reg = yaml.safe_load((world / "adapters.yaml").read_text())
+    reg["tenants"][1]["adapters"].append({"name": "gone", "path": "adapters/gone"})
+    (world / "adapters.yaml").write_text(yaml.safe_dump(reg, sort_keys=False))
+    res = _cli("check", "--registry", "adapters.yaml", "--json", cwd=world)
+    assert res.returncode == 1, res.stderr
+    rows = {r["adapter"]: (r["tenant"], r["verdict"], r["code"]) for r in json.loads(res.stdout)["adapters"]}
+    assert rows == {"sql": ("acme", "ok", "ok"), "chat": ("globex", "ok", "ok"),
+                    "gone": ("globex", "refused", "path_missing")}
+    table = _cli("check", "--registry", "adapters.yaml", cwd=world)
+    assert table.returncode == 1 and "[path_missing]" in table.stdout and "2/3 adapters admitted" in table.stdout
+
+
+def test_check_derives_the_rank_from_the_admitted_adapters_only(world: Path) -> None:
+    make_adapter(world / "adapters" / "big", rank=64, config={"r": 64})
+    _cli("stamp", "adapters/big", "--base", "base", cwd=world)
+    truncate(world / "adapters" / "big" / "adapter_model.safetensors")
+    reg = yaml.safe_load((world / "adapters.yaml").read_text())
+    reg["tenants"][0]["adapters"].append({"name": "big", "path": "adapters/big"})
+    (world / "adapters.yaml").write_text(yaml.safe_dump(reg, sort_keys=False))
+    res = _cli("check", "--registry", "adapters.yaml", "--json", cwd=world)
+    report = json.loads(res.stdout)
+    assert res.returncode == 1 and report["max_lora_rank"] == 8  # not 64: the refused adapter widens no slot
+    assert [r["code"] for r in report["adapters"]] == ["ok", "weights_truncated", "ok"]
+
+
+def test_check_refuses_a_knob_set_twice_with_one_line_and_exit_2(world: Path) -> None:
+    reg = yaml.safe_load((world / "adapters.yaml").read_text())
+    reg["engine"]["extra_args"] = ["--max-loras=4"]
+    (world / "adapters.yaml").write_text(yaml.safe_dump(reg, sort_keys=False))
+    for args in (["check"], ["launch", "--dry-run"]):
+        res = _cli(*args, "--registry", "adapters.yaml", cwd=world)
+        assert res.returncode == 2 and res.stdout == ""
+        [line] = res.stderr.strip().splitlines()
+        assert line.startswith("tenantserve: error [registry_invalid]: ")
+        assert "max_loras is set twice: engine.max_loras (2) and engine.extra_args[0] ('--max-loras=4')" in line
