@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,8 +198,11 @@ class EngineReplay:
     async def _wave(self, client: httpx.AsyncClient, wave: list[tuple[int, Request]]) -> None:
         await _ok(client.post("/pause", params={"mode": "keep"}), "pause")
         try:
+            start = time.monotonic()
+            await _ok(client.get("/v1/models"), "models")  # how busy the API server is right now
+            per_request = max(0.05, 5 * (time.monotonic() - start))
             sent = [asyncio.create_task(self._complete(client, index, r)) for index, r in wave]
-            await asyncio.sleep(self.queue_seconds + 0.05 * len(wave))  # every request reaches the paused queue
+            await asyncio.sleep(self.queue_seconds + per_request * len(wave))  # every request reaches the queue
         finally:
             await _ok(client.post("/resume"), "resume")
         await asyncio.gather(*sent)
