@@ -142,12 +142,16 @@ def admit(
     base = base if base is not None else BaseFacts.read(registry.base_path, cache=cache)
     warnings = _check_base_and_engine(label, modules, cfg, base, engine, budget)
     declared, verified, base_warnings = _check_declared_base(label, adapter, path, base)
-    fp = fingerprint(path, cache=cache)
+    try:
+        fp, size = fingerprint(path, cache=cache), bytes_on_disk(path)
+    except OSError as exc:  # a file removed or replaced while it was being checked
+        raise AdapterError(f"{label}: its files changed while being checked ({exc.strerror})",
+                           code="adapter_changed") from None
     return Admission(
         name=name,
         rank=cfg.max_rank,
         target_modules=cfg.target_modules,
-        bytes=bytes_on_disk(path),
+        bytes=size,
         sha256=fp.manifest().get(WEIGHTS_NAME, ""),
         fingerprint=fp.value,
         declared_base=declared,
