@@ -14,8 +14,8 @@ from tenantserve.adapters import AdapterConfig, bytes_on_disk
 from tenantserve.errors import TenantserveError
 from tenantserve.fingerprint import fingerprint
 from tenantserve.fpcache import FingerprintCache
-from tenantserve.launcher import admit_adapters, resolve_knobs
-from tenantserve.registry import Registry
+from tenantserve.launcher import ResolvedKnobs, admit_adapters, derive_max_lora_rank, resolve_knobs
+from tenantserve.registry import ALLOWED_LORA_RANKS, Registry
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
     if facts is None:
         rows = [CheckRow(tenant.id, spec.name, None, None, "-", "refused", "base_unusable",
                          "not checked: the base is not usable (see above)") for tenant, spec in registry.adapters()]
-        return CheckReport(head[0], head[1], head[2], head[3], knobs.max_lora_rank, tuple(rows))
+        return CheckReport(head[0], head[1], head[2], head[3], _unjudged_rank(registry, knobs), tuple(rows))
     judged = admit_adapters(registry, facts, cache=cache)
     admitted = {spec.name: a for _, spec, a in judged.admitted}
     refused = {r.adapter: r for r in judged.refused}
@@ -82,6 +82,17 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
         rows.append(CheckRow(tenant.id, spec.name, _rank_or_none(registry, spec), _bytes_or_none(registry, spec),
                              match, "refused", r.code, r.message))
     return CheckReport(head[0], head[1], head[2], head[3], judged.knobs.max_lora_rank, tuple(rows))
+
+
+def _unjudged_rank(registry: Registry, knobs: ResolvedKnobs) -> int:
+    """With no usable base nothing is admitted: the configured rank, else one derived from the readable configs."""
+    if not knobs.rank_derived:
+        return knobs.max_lora_rank
+    ranks = [r for _, spec in registry.adapters() if (r := _rank_or_none(registry, spec)) is not None]
+    try:
+        return derive_max_lora_rank(ranks)
+    except TenantserveError:
+        return ALLOWED_LORA_RANKS[-1]
 
 
 def _rank_or_none(registry: Registry, spec: object) -> int | None:
