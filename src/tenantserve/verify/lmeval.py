@@ -23,6 +23,16 @@ class LmEvalMissing(TenantserveError):
     exit_code = 2
 
 
+class LmEvalFailed(TenantserveError):
+    """lm-eval raised while running a side (most often: the engine refused or dropped its requests)."""
+
+    code = "lm_eval_failed"
+    exit_code = 3
+
+
+_INSTALL = "--lm-eval needs lm-evaluation-harness with its API client: pip install 'lm-eval[api]'"
+
+
 @dataclass(frozen=True)
 class LmEvalResult:
     task: Path
@@ -72,14 +82,29 @@ class Prepared:
     name: str
 
 
-def prepare(task: dict[str, Any], model: str, model_args: dict[str, Any]) -> Prepared:
+def task_manager() -> Any:
+    """lm-eval's task index (slow to build: share it between both sides)."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise LmEvalMissing(_INSTALL) from None
+    return TaskManager()
+
+
+def prepare(task: dict[str, Any], model: str, model_args: dict[str, Any], task_manager: Any = None) -> Prepared:
+    """Build the model and the task. ``task_manager``: reuse one (lm-eval indexes its thousands of tasks each)."""
     try:
         from lm_eval.api.registry import get_model
         from lm_eval.tasks import TaskManager, get_task_dict
     except ImportError:
-        raise LmEvalMissing("--lm-eval needs lm-evaluation-harness: pip install lm-eval") from None
-    lm = get_model(model).create_from_arg_obj(model_args, {"batch_size": 1})
-    task_dict = get_task_dict([dict(task)], TaskManager())
+        raise LmEvalMissing(_INSTALL) from None
+    try:
+        lm = get_model(model).create_from_arg_obj(model_args, {"batch_size": 1})
+        task_dict = get_task_dict([dict(task)], task_manager or TaskManager())
+    except ImportError as exc:
+        raise LmEvalMissing(f"{_INSTALL} ({exc})") from None
+    except Exception as exc:  # lm-eval's own errors: a bad task file, a model it cannot load
+        raise LmEvalFailed(f"lm-eval could not set up '{model}' on task {task['task']!r}: {exc}") from None
     return Prepared(lm, list(task_dict.values()), task["task"])
 
 
@@ -87,7 +112,10 @@ def evaluate(prepared: Prepared) -> dict[str, float]:
     """One lm-eval run; its numeric metrics (``exact_match,none`` -> ``exact_match``), stderr left out."""
     from lm_eval import simple_evaluate
 
-    results = simple_evaluate(model=prepared.lm, tasks=prepared.tasks, log_samples=False, bootstrap_iters=0)
+    try:
+        results = simple_evaluate(model=prepared.lm, tasks=prepared.tasks, log_samples=False, bootstrap_iters=0)
+    except Exception as exc:  # a third-party run: any failure becomes one line, never a traceback
+        raise LmEvalFailed(f"lm-eval failed on task {prepared.name!r}: {exc}") from None
     metrics = (results or {}).get("results", {}).get(prepared.name, {})
     return {k.split(",")[0]: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k}

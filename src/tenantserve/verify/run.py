@@ -174,10 +174,11 @@ def _lm_eval(request: VerifyRequest, task: dict[str, Any], client: Consolidated,
     """The task through lm-eval on both sides; the consolidated run inside mixed batches."""
     assert request.lm_eval_task is not None
     progress(f"lm-eval {request.lm_eval_task}: dedicated (hf, peft)")
-    dedicated = lmeval.evaluate(lmeval.prepare(task, "hf", lmeval.dedicated_args(base_dir, adapter_dir)))
+    tasks = lmeval.task_manager()
+    dedicated = lmeval.evaluate(lmeval.prepare(task, "hf", lmeval.dedicated_args(base_dir, adapter_dir), tasks))
     progress("lm-eval: consolidated (local-completions) mixed with " + (", ".join(companions) or "nothing"))
     prepared = lmeval.prepare(task, "local-completions",
-                              lmeval.consolidated_args(client.url, request.model, base_dir, client.api_key))
+                              lmeval.consolidated_args(client.url, request.model, base_dir, client.api_key), tasks)
     with client.mixed_batch(companions, companion_prompt) as running:
         consolidated = lmeval.evaluate(prepared)
         mixed = tuple(c.model for c in running if c.ran_throughout())
