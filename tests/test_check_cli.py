@@ -136,3 +136,18 @@ def test_check_refuses_a_knob_set_twice_with_one_line_and_exit_2(world: Path) ->
         [line] = res.stderr.strip().splitlines()
         assert line.startswith("tenantserve: error [registry_invalid]: ")
         assert "max_loras is set twice: engine.max_loras (2) and engine.extra_args[0] ('--max-loras=4')" in line
+
+
+def test_check_with_an_unusable_base_keeps_every_row_and_a_real_rank(tmp_path: Path) -> None:
+    from tenantserve.checks import check_registry
+    from tenantserve.registry import Registry
+
+    make_adapter(tmp_path / "adapters" / "a", rank=16, config={"r": 16})
+    reg = Registry.parse(json.dumps({"base": {"name": "b", "path": "nowhere"},
+                                     "tenants": [{"id": "t", "adapters": [{"name": "a", "path": "adapters/a"},
+                                                                          {"name": "z", "path": "adapters/z"}]}]}),
+                         root=tmp_path)
+    report = check_registry(reg)
+    assert (report.base_result, report.base_code, report.max_lora_rank, report.ok) == (
+        "unreadable", "path_missing", 16, False)
+    assert [(r.adapter, r.code) for r in report.rows] == [("a", "base_unusable"), ("z", "base_unusable")]
