@@ -37,7 +37,7 @@ def _up(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], f
     start = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "tenantserve", "up", "--registry",
                           str(copy_registry(tmp_path / "adapters.yaml")), *args],
-                         env=env, capture_output=True, text=True, timeout=120)
+                         env=env, capture_output=True, text=True, timeout=300)
     return out, time.monotonic() - start
 
 
@@ -58,7 +58,7 @@ def test_launch_on_a_taken_port_exits_3_naming_it(tmp_path: Path) -> None:
     with Squatter() as squatter:
         out = subprocess.run([sys.executable, "-m", "tenantserve", "launch", "--registry",
                               str(copy_registry(tmp_path / "adapters.yaml")), "--port", str(squatter.port)],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=300)
     assert out.returncode == 3, out.stderr
     assert [line for line in out.stderr.splitlines() if "port_in_use" in line and str(squatter.port) in line]
     assert "starting vLLM" not in out.stderr and squatter.requests == []

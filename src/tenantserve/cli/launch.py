@@ -32,6 +32,8 @@ def command(registry_path: Path, host: str, port: int, dry_run: bool, strict: bo
     A base that fails its pin, an invalid registry, or security.auth false on a network address: exit 2.
     The engine dying on its own: exit 3. Signals (Ctrl-C, SIGTERM) go to the engine.
     """
+    if not dry_run:
+        check_port_free(host, port)  # exit 3, one line naming the port, before the (slow) admission of adapters
     registry = Registry.load(registry_path, check_paths=False)  # a missing adapter dir is that adapter's refusal
     plan = plan_launch(registry, host=host, port=port, strict=strict, allow_no_auth_on_network=insecure)
     for warning in plan.warnings:
@@ -41,7 +43,6 @@ def command(registry_path: Path, host: str, port: int, dry_run: bool, strict: bo
     if dry_run:
         click.echo(plan.shell())
         return
-    check_port_free(host, port)  # exit 3, one line naming the port, before anything starts
     served = len(registry.adapters()) - len(plan.refused)
     click.echo(f"tenantserve: starting vLLM on http://{host}:{port} with {served} adapter(s) "
                f"(max_loras={plan.knobs.max_loras}, max_lora_rank={plan.knobs.max_lora_rank})", err=True)
