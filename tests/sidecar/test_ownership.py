@@ -180,3 +180,13 @@ def test_the_reconciler_rechecks_adapters_inside_the_folder_and_trusts_the_opera
     registry = Registry.load(sidecar.config.registry_path, check_paths=False)
     assert _code(lambda: service.admit(registry, registry.find_adapter("swapped")[1])) == "path_escape"
     assert _code(lambda: service.admit(registry, registry.find_adapter("trusted")[1])) == "config_missing"
+
+
+def test_a_crowded_folder_is_refused_without_walking_it_all(sidecar: SidecarThread, adapters: Path) -> None:
+    from tenantserve.sidecar.ownership import MAX_ENTRIES
+
+    crowded = adapters / "acme" / "crowded"
+    crowded.mkdir()
+    for i in range(MAX_ENTRIES + 1):
+        (crowded / f"f{i}").touch()
+    _refused(sidecar, "acme", "crowded", 400, "too_many_files")
