@@ -278,6 +278,12 @@ def test_admission_runs_on_the_copy_and_a_pinned_fingerprint_refuses_changed_fil
     with pytest.raises(AdapterError) as info:  # unpinned: the new files are admitted like any others
         admit_stored(reg, reg.adapters()[0][1], store, max_lora_rank=8, cache=cache)
     assert info.value.code == "rank_too_high"
+    make_adapter(folder, rank=8)
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterError) as info:  # refusals name the tenant's folder, not the store's copy
+        admit_stored(reg, reg.adapters()[0][1], store, max_lora_rank=8, cache=cache)
+    assert info.value.code == "weights_missing" and str(folder) in str(info.value)
+    assert str(store.root) not in str(info.value)
 
 
 def test_launch_serves_store_copies_and_a_changed_pinned_adapter_fails_alone(

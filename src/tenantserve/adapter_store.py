@@ -380,8 +380,11 @@ def admit_stored(registry: Registry, adapter: AdapterSpec, store: AdapterStore, 
     stored = store.put(folder, label=label, follow_symlinks=follow_symlinks, inside=inside)
     if pinned:
         _require_pin(label, folder, pinned, stored.fingerprint)
-    admission = admit(registry, adapter.model_copy(update={"path": stored.path}), max_lora_rank=max_lora_rank,
-                      base=base, cache=cache, lora_config=lora_config)
+    try:
+        admission = admit(registry, adapter.model_copy(update={"path": stored.path}), max_lora_rank=max_lora_rank,
+                          base=base, cache=cache, lora_config=lora_config)
+    except AdapterError as exc:  # name the tenant's folder, not the copy, in the one line people read
+        raise AdapterError(str(exc).replace(str(stored.path), str(folder)), code=exc.code) from None
     return stored, admission
 
 
