@@ -154,3 +154,18 @@ def test_secured_engine_needs_the_admin_token(leaky: RunningEngine, monkeypatch:
     monkeypatch.setenv("TENANTSERVE_ADMIN_TOKEN", "tsadmin-wrong")
     result, _ = run_verify(*args)
     assert result.exit_code == 3 and "[engine_refused]" in result.stderr
+
+
+def test_lm_eval_task_scores_the_same_both_ways(engine: RunningEngine) -> None:
+    """lm-evaluation-harness is optional (not a dependency): skipped where it is not installed."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("tenacity")  # lm-eval[api], for local-completions
+    result, report = run_verify("--adapter", "sql", "--registry", str(DEFAULT_REGISTRY), "--engine-url", engine.url,
+                                "--prompts", str(PROMPTS / "sql.jsonl"),
+                                "--lm-eval", str(PROMPTS / "lm-eval" / "sql-select.yaml"))
+    assert result.exit_code == 0, result.output
+    assert report is not None and report["lm_eval"]["ok"]
+    metrics = {m["metric"]: m for m in report["lm_eval"]["metrics"]}
+    assert metrics["exact_match"]["dedicated"] == metrics["exact_match"]["consolidated"] == 1.0
+    lm = report["lm_eval"]
+    assert lm["mixed_with"] == lm["companions"] and len(lm["companions"]) == 2  # companions ran through its requests

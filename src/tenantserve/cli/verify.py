@@ -82,7 +82,8 @@ def _print(report: VerifyReport, console: Console) -> None:
         lm = report.lm_eval
         metrics = Table("metric", "dedicated (hf + peft)", "consolidated (engine)", "verdict",
                         title=f"lm-eval {lm.task}, consolidated mixed with {', '.join(lm.mixed_with) or 'none'} "
-                              f"(of {', '.join(lm.companions) or 'none'})")
+                              f"throughout (of {', '.join(lm.companions) or 'none'}; companions restarted "
+                              f"{lm.companion_restarts} times)")
         for m in lm.rows:
             metrics.add_row(m.metric, f"{m.dedicated:.4f}", f"{m.consolidated:.4f}",
                             "[green]pass[/]" if m.passed else "[red]FAIL[/]")

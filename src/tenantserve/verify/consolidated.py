@@ -116,38 +116,45 @@ class Consolidated:
 
 
 class _Companion(threading.Thread):
-    """One streamed request that keeps a model in the batch until told to stop."""
+    """Streamed requests that keep a model in the batch until told to stop. One normally does; if it reaches the
+    end of the context first, the next one starts at once (``restarts`` counts them: each is a gap of a step or
+    two in which the model was not in the batch, so ``ran_throughout`` is then False)."""
 
     def __init__(self, owner: Consolidated, model: str, prompt: str) -> None:
         super().__init__(daemon=True, name=f"verify-companion-{model}")
         self.owner, self.model, self.prompt = owner, model, prompt
         self.started = threading.Event()
         self.stop = threading.Event()
-        self.finished_early = False
+        self.restarts = 0
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             count, limit = self.owner.tokenize(self.model, self.prompt)
             max_tokens = max(1, limit - count)  # as long as the context allows: it must outlive the wave
-            stream = _call(self.owner, lambda: self.owner._client.completions.create(
-                model=self.model, prompt=self.prompt, max_tokens=max_tokens, temperature=0, stream=True,
-                extra_body={"ignore_eos": True}), model=self.model)
-            try:
-                for chunk in stream:
-                    self.started.set()
-                    if any(choice.finish_reason for choice in chunk.choices):
-                        self.finished_early = not self.stop.is_set()
-                        return
-                    if self.stop.is_set():
-                        return
-                self.finished_early = not self.stop.is_set()
-            finally:
-                stream.close()
+            while not self.stop.is_set():
+                if self._one(max_tokens) and not self.stop.is_set():
+                    self.restarts += 1
         except BaseException as exc:  # reported by wait_started / ran_throughout in the caller's thread
             self.error = exc
         finally:
             self.started.set()
+
+    def _one(self, max_tokens: int) -> bool:
+        """Stream one request until it finishes (True) or we are told to stop (False)."""
+        stream = _call(self.owner, lambda: self.owner._client.completions.create(
+            model=self.model, prompt=self.prompt, max_tokens=max_tokens, temperature=0, stream=True,
+            extra_body={"ignore_eos": True}), model=self.model)
+        try:
+            for chunk in stream:
+                self.started.set()
+                if any(choice.finish_reason for choice in chunk.choices):
+                    return True
+                if self.stop.is_set():
+                    return False
+            return True
+        finally:
+            stream.close()
 
     def wait_started(self, timeout: float) -> None:
         if not self.started.wait(timeout):
@@ -157,7 +164,7 @@ class _Companion(threading.Thread):
             raise self.error
 
     def ran_throughout(self) -> bool:
-        return self.error is None and self.is_alive() and not self.finished_early
+        return self.error is None and self.is_alive() and self.restarts == 0
 
 
 def parse_choice(choice: dict[str, Any]) -> Generation:

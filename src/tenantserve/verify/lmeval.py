@@ -8,6 +8,8 @@ Needs ``pip install lm-eval`` (not a dependency of tenantserve).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,8 @@ class LmEvalResult:
     task: Path
     rows: list[MetricRow]
     companions: tuple[str, ...]
-    mixed_with: tuple[str, ...]
+    mixed_with: tuple[str, ...]  # companions that ran for the whole consolidated run
+    companion_restarts: int = 0  # companions that reached the end of the context and were started again
 
     @property
     def ok(self) -> bool:
@@ -108,9 +111,18 @@ def prepare(task: dict[str, Any], model: str, model_args: dict[str, Any], task_m
     return Prepared(lm, list(task_dict.values()), task["task"])
 
 
-def evaluate(prepared: Prepared) -> dict[str, float]:
-    """One lm-eval run; its numeric metrics (``exact_match,none`` -> ``exact_match``), stderr left out."""
+#: The LM methods through which lm-eval sends every request.
+REQUEST_METHODS = ("generate_until", "loglikelihood", "loglikelihood_rolling")
+
+
+def evaluate(prepared: Prepared, around: Callable[[], AbstractContextManager[Any]] | None = None) -> dict[str, float]:
+    """One lm-eval run; its numeric metrics (``exact_match,none`` -> ``exact_match``), stderr left out.
+    ``around``: a context entered around each batch of requests (on this LM instance only), not lm-eval's setup."""
     from lm_eval import simple_evaluate
+
+    if around is not None:
+        for name in REQUEST_METHODS:
+            setattr(prepared.lm, name, _wrapped(getattr(prepared.lm, name), around))
 
     try:
         results = simple_evaluate(model=prepared.lm, tasks=prepared.tasks, log_samples=False, bootstrap_iters=0)
@@ -118,7 +130,16 @@ def evaluate(prepared: Prepared) -> dict[str, float]:
         raise LmEvalFailed(f"lm-eval failed on task {prepared.name!r}: {exc}") from None
     metrics = (results or {}).get("results", {}).get(prepared.name, {})
     return {k.split(",")[0]: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k}
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k
+            and not k.startswith("sample_len")}
+
+
+def _wrapped(method: Callable[..., Any], around: Callable[[], AbstractContextManager[Any]]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with around():
+            return method(*args, **kwargs)
+
+    return call
 
 
 def dedicated_args(base_dir: Path, adapter_dir: Path | None) -> dict[str, Any]:

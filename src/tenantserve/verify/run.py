@@ -93,7 +93,7 @@ class VerifyReport:
             } for r in self.rows],
             "lm_eval": None if self.lm_eval is None else {
                 "task": str(self.lm_eval.task), "ok": self.lm_eval.ok, "companions": list(self.lm_eval.companions),
-                "mixed_with": list(self.lm_eval.mixed_with),
+                "mixed_with": list(self.lm_eval.mixed_with), "companion_restarts": self.lm_eval.companion_restarts,
                 "metrics": [{"metric": m.metric, "dedicated": m.dedicated, "consolidated": m.consolidated,
                              "passed": m.passed} for m in self.lm_eval.rows],
             },
@@ -179,11 +179,20 @@ def _lm_eval(request: VerifyRequest, task: dict[str, Any], client: Consolidated,
     progress("lm-eval: consolidated (local-completions) mixed with " + (", ".join(companions) or "nothing"))
     prepared = lmeval.prepare(task, "local-completions",
                               lmeval.consolidated_args(client.url, request.model, base_dir, client.api_key), tasks)
-    with client.mixed_batch(companions, companion_prompt) as running:
-        consolidated = lmeval.evaluate(prepared)
-        mixed = tuple(c.model for c in running if c.ran_throughout())
+    batches: list[list[Any]] = []
+
+    @contextmanager
+    def mixed() -> Iterator[None]:
+        with client.mixed_batch(companions, companion_prompt) as running:
+            yield
+            batches.append([(c.model, c.ran_throughout(), c.restarts) for c in running])
+
+    consolidated = lmeval.evaluate(prepared, around=mixed)
+    throughout = {m for m in companions if batches and all(ok for b in batches for name, ok, _ in b if name == m)}
+    mixed_with = tuple(m for m in companions if m in throughout)
+    restarts = sum(r for b in batches for _, _, r in b)
     return LmEvalResult(request.lm_eval_task, lmeval.compare_metrics(dedicated, consolidated), tuple(companions),
-                        mixed)
+                        mixed_with, restarts)
 
 
 def _admin_token(registry: Registry) -> str | None:
