@@ -4,7 +4,7 @@ per-request cap it is refused (400 too_many_sequences), and another tenant's lat
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import openai
 import pytest
@@ -53,9 +53,10 @@ def _latency(secured: SecuredEngine) -> float:
 
 
 def test_another_tenants_latency_stays_within_2x_of_idle(secured: SecuredEngine) -> None:
-    """initech (max_in_flight 1) sends n=1024 and a 64-prompt list at the moment acme sends its 16-token request;
-    before the fix 1,024 sequences ran and acme's request took 29 s instead of 0.1 s. Idle and attacked samples
-    alternate, so load from elsewhere on the machine hits both alike; the best of each is compared."""
+    """initech (max_in_flight 1) sends n=1024 and a 64-prompt list, then acme sends its 16-token request; before
+    the fix 1,024 sequences were still running then and acme's request took 29 s instead of 0.1 s. Idle and
+    attacked samples alternate, so load from elsewhere on the machine hits both alike; the best of each is
+    compared (the machine this runs on is shared: a single sample says little)."""
     attacks = ({"model": "french", "prompt": "x", "n": 1024, "max_tokens": 64, "min_tokens": 64},
                {"model": "french", "prompt": ["x"] * 64, "max_tokens": 64, "min_tokens": 64})
     _latency(secured)  # warm
@@ -64,7 +65,9 @@ def test_another_tenants_latency_stays_within_2x_of_idle(secured: SecuredEngine)
         for _ in range(4):
             idle.append(_latency(secured))
             sent = [pool.submit(_post, secured, "initech", "/v1/completions", body) for body in attacks]
+            wait(sent, timeout=2)  # refused by now; before the fix they were still running (for ~30 s)
             attacked.append(_latency(secured))
             refused += [f.result(timeout=120).status_code for f in sent]
     assert set(refused) == {400}
+    print(f"acme 16 tokens: idle {min(idle):.3f} s, beside initech's attacks {min(attacked):.3f} s (best of 4)")
     assert min(attacked) <= 2 * min(idle), (attacked, idle)
