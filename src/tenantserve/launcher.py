@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from tenantserve.adapter_store import AdapterStore, admit_stored
+from tenantserve.adapter_store import AdapterStore, AdapterStoreError, admit_stored
 from tenantserve.admission import Admission, BaseFacts, EngineLora, verify_base
 from tenantserve.engine.args import ExtraArgs, parse_extra_args
 from tenantserve.errors import AdapterError, EngineError, RegistryError, TenantserveError
@@ -327,8 +327,8 @@ def admit_adapters(registry: Registry, base: BaseFacts, *, cache: FingerprintCac
             try:
                 stored, admission = admit_stored(registry, spec, copies, base=base, cache=cache, lora_config=engine)
                 passed.append((tenant, spec.model_copy(update={"path": stored.path}), admission))
-            except (RegistryError, EngineError):
-                raise  # vLLM refuses the engine's settings, or cannot be imported: no adapter's fault
+            except (RegistryError, EngineError, AdapterStoreError):
+                raise  # the engine's settings refused, vLLM missing, or an unwritable store: no adapter's fault
             except TenantserveError as exc:
                 refused.append(Refusal(tenant.id, spec.name, exc.code, str(exc)))
             except OSError as exc:  # a file that cannot be read is this adapter's fault, not the launch's
