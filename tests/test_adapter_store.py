@@ -312,3 +312,18 @@ def test_launch_serves_store_copies_and_a_changed_pinned_adapter_fails_alone(
     assert [(r.adapter, r.code) for r in plan.refused] == [("a", "adapter_changed")]
     assert plan.knobs.max_lora_rank == 8  # derived from the admitted adapters only
     assert '"name": "a"' not in " ".join(plan.argv) and '"name": "b"' in " ".join(plan.argv)
+
+
+def test_an_unwritable_store_stops_the_launch_instead_of_refusing_every_adapter(
+        tmp_path: Path, cache: FingerprintCache) -> None:
+    from tenantserve.launcher import plan_launch
+
+    base = make_base(tmp_path / "base")
+    write_stamp(make_adapter(tmp_path / "tenant" / "a"), fingerprint(base).value)
+    data = {"base": {"name": "tiny", "path": str(base)}, "security": {"auth": False},
+            "tenants": [{"id": "t", "adapters": [{"name": "a", "path": "tenant/a"}]}]}
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(AdapterStoreError) as info:
+        plan_launch(Registry.parse(json.dumps(data), root=tmp_path), device="cpu", cache=cache,
+                    store=AdapterStore(tmp_path / "blocker" / "store", cache=cache))
+    assert info.value.exit_code == 3 and "adapter store" in str(info.value)
