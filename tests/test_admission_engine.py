@@ -4,6 +4,9 @@ LoRAConfig) and its ``--lora-target-modules`` filter. Admission must never accep
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +172,71 @@ def _vllm_refusal(adapter_dir: Path, max_lora_rank: int) -> None:
 
     PEFTHelper.from_local_dir(str(adapter_dir), 64).validate_legal(LoRAConfig(max_lora_rank=max_lora_rank))
 
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize(("target", "applied"), [("q_proj", True), ("o_proj", False)])
+def test_vllm_itself_applies_v_proj_under_a_q_proj_filter(tmp_path: Path, cache: FingerprintCache, target: str,
+                                                          applied: bool) -> None:
+    """The filter semantics admission assumes, on the real engine (offline vLLM on the embedded base, ~1-4 min):
+    an adapter with only v_proj weights changes the output under ``--lora-target-modules q_proj`` (v_proj is packed
+    into qkv_proj with q_proj) and not under ``o_proj``, and admission agrees (admitted / no_target_match)."""
+    adapter = _v_only_adapter(tmp_path / "v", EMBEDDED / "base")
+    res = subprocess.run([sys.executable, "-m", "tests.test_admission_engine", str(EMBEDDED / "base"), str(adapter),
+                          target], capture_output=True, text=True, timeout=1200,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, res.stderr[-3000:]
+    assert json.loads(line.removeprefix("RESULT "))["changed"] is applied
+    data = {"base": {"name": "tiny", "path": str(EMBEDDED / "base")}, "engine": {"max_loras": 1},
+            "tenants": [{"id": "t", "adapters": [{"name": "v", "path": str(adapter), "allow_unverified_base": True}]}]}
+    reg = Registry.parse(json.dumps(data), root=tmp_path)
+    engine = EngineLora(max_lora_rank=8, target_modules=(target,))
+    if applied:
+        assert admit(reg, reg.adapters()[0][1], cache=cache, lora_config=engine).warnings[0].startswith(
+            "adapter 'v' declares no base")  # no target warning: nothing is dropped
+    else:
+        with pytest.raises(AdapterError) as info:
+            admit(reg, reg.adapters()[0][1], cache=cache, lora_config=engine)
+        assert info.value.code == "no_target_match"
+
+
+def _v_only_adapter(path: Path, base: Path) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    cfg = json.loads((base / "config.json").read_text())
+    hidden = cfg["hidden_size"]
+    kv_out = cfg["num_key_value_heads"] * cfg.get("head_dim", hidden // cfg["num_attention_heads"])
+    rng = np.random.default_rng(0)
+    t = {}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"base_model.model.model.layers.{i}.self_attn.v_proj"
+        t[f"{p}.lora_A.weight"] = rng.standard_normal((8, hidden), np.float32)
+        t[f"{p}.lora_B.weight"] = rng.standard_normal((kv_out, 8), np.float32)
+    path.mkdir(parents=True)
+    save_file(t, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+                                                          "target_modules": ["v_proj"], "bias": "none"}))
+    return path
+
+
+def _probe(base: str, adapter: str, target: str) -> None:
+    """Greedy tokens of the base and of the adapter on an offline engine with ``--lora-target-modules target``."""
+    from tenantserve.engine.entry import patch_version
+
+    patch_version()
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    llm = LLM(model=base, enable_lora=True, max_loras=1, max_lora_rank=8, enforce_eager=True, max_model_len=128,
+              dtype="float32", gpu_memory_utilization=0.3, seed=0, lora_target_modules=[target])
+    sp = SamplingParams(temperature=0.0, max_tokens=16)
+    plain = llm.generate(["Once upon a time"], sp, use_tqdm=False)[0].outputs[0].token_ids
+    lora = llm.generate(["Once upon a time"], sp, lora_request=LoRARequest("v", 1, adapter),
+                        use_tqdm=False)[0].outputs[0].token_ids
+    print("RESULT " + json.dumps({"changed": list(plain) != list(lora)}), flush=True)
+
+
+if __name__ == "__main__":
+    _probe(*sys.argv[1:4])
