@@ -98,9 +98,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         engine.stop()
 
 
+def _engine_counts(stack: Stack, name: str) -> dict[str, float]:
+    return per_label(httpx.get(f"{stack.engine.url}/metrics", timeout=10).text, f"tenantserve_lora_{name}_total")
+
+
 def test_onboard_at_runtime_and_serve_through_openai(stack: Stack) -> None:
     pid = stack.engine.process.pid
     path = stack.adapter_copy("hooli-sql")
+    other_before = {n: _engine_counts(stack, n).get("other", 0.0) for n in ("disk_loads", "slot_hits")}
     with stack.sidecar.client() as c:
         assert c.post("/admin/tenants", json={"id": "hooli"}).status_code == 201
         resp = c.post("/admin/tenants/hooli/adapters", json=stack.body("hooli-sql@v1", "hooli-sql"))  # relative
@@ -116,6 +121,10 @@ def test_onboard_at_runtime_and_serve_through_openai(stack: Stack) -> None:
         store.digest(path)))
     assert stack.sidecar.sample("tenantserve_adapter_warmup_seconds_count") >= 1
     assert stack.sidecar.sample("tenantserve_adapters", state="loaded") == 4
+    # The registry entry is written before the load: the engine counts the load and the warm-up under the name.
+    assert _engine_counts(stack, "disk_loads")["hooli-sql@v1"] >= 1
+    assert _engine_counts(stack, "slot_hits")["hooli-sql@v1"] >= 1
+    assert {n: _engine_counts(stack, n).get("other", 0.0) for n in ("disk_loads", "slot_hits")} == other_before
 
 
 def test_bad_onboarding_requests_get_their_4xx_and_change_nothing(stack: Stack) -> None:

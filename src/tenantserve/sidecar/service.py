@@ -1,8 +1,9 @@
 """The admin operations: onboard and offboard tenants and adapters on a running engine, persisted in the registry.
 
 Onboarding: the path-ownership rule (``ownership``: only from ``<adapters root>/<tenant>``, nothing resolving outside
-it, nothing overlapping another tenant's adapter), admission checks, load through vLLM, confirm it is listed and answers a one-token warm-up, then persist;
-any failure after the load unloads it again, so a refused request changes nothing. Offboarding: persist the removal
+it, nothing overlapping another tenant's adapter), admission checks on a store copy, then persist (so the engine's
+counters know the name from its first load), load through vLLM, confirm it is listed and answers a one-token warm-up;
+any failure after that unloads it and removes the entry again, so a refused request changes nothing. Offboarding: persist the removal
 first (so a crash cannot resurrect it), unload (vLLM forgets the name: new requests get 404 at once; requests in flight
 keep their adapter and finish), then wait, bounded, until vLLM reports none of its requests running or waiting.
 Every operation holds the adapter's (or tenant's) lock, so concurrent calls serialize and repeats are idempotent.
@@ -180,8 +181,11 @@ class AdminService:
                              spec: AdapterSpec) -> AdapterStatus:
         self.board.ensure(name, tenant_id, path)
         self.board.set(name, AdapterState.LOADING)
-        loaded_here = False
+        loaded_here = persisted_here = False
         try:
+            if persist:  # registered first: the engine's counters label it by name from its first load
+                await self.store.mutate(lambda registry: self._append(registry, tenant_id, spec))
+                persisted_here = True
             _, actual = await self.engine.models()
             load_seconds = None
             if actual.get(name) != path:
@@ -193,11 +197,11 @@ class AdminService:
                 if actual.get(name) != path:
                     raise NotServable(f"adapter '{name}' was loaded but the engine does not list it")
             warmup = await self.engine.complete(name, self.config.warmup_prompt, max_tokens=1)
-            if persist:
-                await self.store.mutate(lambda registry: self._append(registry, tenant_id, spec))
         except BaseException as exc:
             if loaded_here:
                 await _best_effort(self.engine.unload(name))
+            if persisted_here:  # a refused onboarding leaves the registry as it was
+                await _best_effort(self.store.mutate(lambda registry: self._withdraw(registry, name)))
             if persist:
                 self.board.discard(name)
             elif isinstance(exc, TenantserveError):
@@ -210,6 +214,11 @@ class AdminService:
                        load_seconds=load_seconds if load_seconds is not None else status.load_seconds,
                        warmup_seconds=warmup)
         return status
+
+    @staticmethod
+    def _withdraw(registry: Registry, name: str) -> None:
+        for tenant in registry.tenants:
+            tenant.adapters = [a for a in tenant.adapters if a.name != name]
 
     def _append(self, registry: Registry, tenant_id: str, spec: AdapterSpec) -> None:
         tenant = self._tenant(registry, tenant_id)
@@ -225,11 +234,7 @@ class AdminService:
             if found is None or found[0].id != tenant_id:
                 raise NotFound(f"tenant '{tenant_id}' has no adapter '{name}'", code="adapter_not_found")
 
-            def change(registry: Registry) -> None:
-                for tenant in registry.tenants:
-                    tenant.adapters = [a for a in tenant.adapters if a.name != name]
-
-            await self.store.mutate(change)
+            await self.store.mutate(lambda registry: self._withdraw(registry, name))
             self.board.discard(name)
             if self.content is not None:
                 self.content.forget(name)
