@@ -56,10 +56,11 @@ def test_malformed_authorization_headers(world: World) -> None:
     assert c.post("/v1/completions", json={"model": "sql"}, headers={"x-api-key": world.keys["acme"]}).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/adapters", "/sleep", "/v1/completions/"])
+@pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/adapters", "/sleep", "/v1/load_lora_adapter/"])
 def test_admin_routes_refuse_tenants_and_anonymous(world: World, path: str) -> None:
     c = world.make()
-    _assert_openai_error(c.post(path, json={}, headers=bearer(world.keys["acme"])), 403, "admin_only")
+    _assert_openai_error(c.post(path, json={}, headers=bearer(world.keys["acme"])), 404, 404)  # see test_surface
+    _assert_openai_error(c.post(path, json={}, headers=bearer("tsk-not-a-key")), 403, "admin_only")
     _assert_openai_error(c.post(path, json={}), 401, "missing_api_key")
 
 
@@ -127,7 +128,7 @@ def test_in_flight_limit_answers_429_with_retry_after(world: World) -> None:
         _wait_for(lambda: world.metrics.get_sample_value("tenantserve_requests_in_flight", {"tenant": "acme"}) == 2)
         third = _complete(c, world.keys["acme"])
         _assert_openai_error(third, 429, "rate_limited")
-        assert third.headers["retry-after"] == "1"
+        assert 1 <= int(third.headers["retry-after"]) <= 30  # computed and jittered: see test_policy
         assert world.metrics.get_sample_value("tenantserve_rate_limited_total", {"tenant": "acme"}) == 1
     finally:
         gate.set()
@@ -168,8 +169,8 @@ def test_admin_reaches_any_model_vllm_serves(world: World) -> None:
     """The sidecar warms up an adapter it has just loaded, before the registry names it."""
     resp = _complete(world.make(), ADMIN_TOKEN, "loaded-at-runtime")
     assert resp.status_code == 200 and resp.json()["model"] == "loaded-at-runtime"
-    assert world.metrics.get_sample_value("tenantserve_requests_total",
-                                          {"tenant": "admin", "model": "other", "status": "200"}) == 1
+    tenants = {s.labels.get("tenant") for m in world.metrics.collect() for s in m.samples}
+    assert "admin" not in tenants  # operator traffic is in no per-tenant series (see test_surface)
 
 
 def test_prefix_cache_is_salted_per_tenant_whatever_the_client_sends(world: World) -> None:

@@ -22,7 +22,12 @@ from tests.middleware.conftest import ADMIN_TOKEN, ENV, METRICS_TOKEN, World
     ("POST", "/sleep", Route.ADMIN),
     ("POST", "/collective_rpc", Route.ADMIN),
     ("POST", "/reset_prefix_cache", Route.ADMIN),
-    ("POST", "/v1/completions/", Route.ADMIN),  # anything not exactly a tenant route
+    ("POST", "/v1/completions/", Route.REDIRECT),  # vLLM's router: 307 to /v1/completions
+    ("GET", "/v1/completions/", Route.ADMIN),  # the canonical route is not a tenant route for GET
+    ("POST", "/v1/load_lora_adapter/", Route.ADMIN),
+    ("GET", "/v1/models/sql", Route.MODEL_CARD),
+    ("GET", "/v1/models/", Route.REDIRECT),
+    ("DELETE", "/v1/models/sql", Route.ADMIN),
     ("GET", "/v1/completions", Route.ADMIN),
     ("POST", "/V1/completions", Route.ADMIN),
     ("POST", "/v1//load_lora_adapter", Route.ADMIN),
@@ -45,9 +50,14 @@ def test_view_acl_own_adapters_and_base_only_where_allowed(world: World) -> None
     assert view.allowed_models(ADMIN) == {"demo-base", "sql", "pirate", "french"}
     assert view.check_model("acme", None) == "demo-base"  # omitted model = the base
     for caller, model in [("acme", "pirate"), ("globex", "demo-base"), ("globex", None), ("acme", "nope"),
-                          ("acme", ["sql"]), ("acme", "../sql"), ("acme", "ѕql")]:
+                          ("acme", "../sql"), ("acme", "ѕql")]:
         with pytest.raises(errors.ModelNotFound):
             view.check_model(caller, model)
+    for caller, model in [("acme", ["sql"]), ("acme", 123), ("acme", True), ("globex", {"id": "pirate"}),
+                          (ADMIN, 1)]:  # vLLM's own answer for a non-string model: 400, for anyone
+        with pytest.raises(errors.InvalidParameter) as exc:
+            view.check_model(caller, model)
+        assert exc.value.http_status == 400 and exc.value.to_body()["error"]["param"] == "model"
 
 
 def test_tenant_route_needs_a_live_key(world: World) -> None:
@@ -66,7 +76,7 @@ def test_admin_route_needs_admin_token_and_loopback(world: World) -> None:
     with pytest.raises(errors.LoopbackOnly):
         authorize(view, Route.ADMIN, ADMIN_TOKEN, "10.0.0.1")
     with pytest.raises(errors.AdminOnly):
-        authorize(view, Route.ADMIN, world.keys["acme"], "127.0.0.1")
+        authorize(view, Route.ADMIN, "tsk-not-a-key", "127.0.0.1")
     with pytest.raises(errors.MissingKey):
         authorize(view, Route.ADMIN, None, "127.0.0.1")
     world.registry.security.admin_loopback_only = False

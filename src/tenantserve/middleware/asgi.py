@@ -4,7 +4,10 @@ It is the outermost layer of vLLM's FastAPI app (no extra network hop). Per requ
 caller, and for tenant traffic read the JSON body (bounded in size and depth), check the model against the tenant's
 ACL and the sequences it asks for against its limits, take in-flight slots, then hand vLLM the checked document
 re-serialized, with the tenant's ``cache_salt`` on every route whose body model has that field. ``GET /v1/models``
-is filtered to what the caller may use. At startup it disables vLLM's adapter selection by content-part type
+is filtered to what the caller may use, and ``GET /v1/models/{id}`` (which vLLM lacks) answers one card of that list
+or the unknown-model 404. A tenant route with a trailing slash gets vLLM's 307 to the canonical path. Per-tenant
+metrics count tenant traffic only: the admin (the sidecar's polling, warm-ups) appears in no per-tenant series.
+At startup it disables vLLM's adapter selection by content-part type
 (``adapter_guard``) and finds the salted routes in the app's own route table.
 Decisions live in ``policy`` (pure); this module only moves bytes, counts, and turns ``AccessError`` into a response.
 """
@@ -41,13 +44,18 @@ from tenantserve.middleware.errors import (
 from tenantserve.middleware.metrics import TenantMetrics
 from tenantserve.middleware.policy import (
     ADMIN,
+    MODELS_LIST,
     AccessView,
     Caller,
     Route,
     authorize,
+    canonical_path,
+    check_client_salt,
     classify,
     label,
+    model_card_id,
     requested_sequences,
+    retry_after,
 )
 from tenantserve.middleware.watch import RegistryWatcher
 from tenantserve.vllm_plugin.patching import when_imported
@@ -68,6 +76,8 @@ MAX_JSON_DEPTH = 64
 #: The one field a tenant's model card keeps (OpenAI's; vLLM adds ``root``, a server path, and ``parent``).
 MODEL_CARD_FIELDS = ("id", "object", "created", "owned_by")
 IDENTITY_MAX_BODY = 1024
+#: Weight of the newest request in a tenant's typical request duration (an exponential moving average).
+DURATION_EWMA_WEIGHT = 0.2
 
 
 class TenantMiddleware:
@@ -89,6 +99,7 @@ class TenantMiddleware:
         self.watcher = RegistryWatcher(Path(path), environ=environ, interval=reload_interval)
         self.metrics = TenantMetrics(metrics_registry or prometheus_client.REGISTRY)
         self.in_flight: dict[str, int] = {}  # tenant id -> sequences in flight
+        self.typical_seconds: dict[str, float] = {}  # tenant id -> moving average of its request durations
         secret = environ.get(SALT_SECRET_ENV)
         self._salt_key = secret.encode() if secret else secrets.token_bytes(32)
         self.salted_paths: frozenset[str] | None = None  # None: unknown, every tenant body is salted
@@ -129,6 +140,10 @@ class TenantMiddleware:
             if route is Route.IDENTITY:
                 return await self._identity(view, scope, receive, send)
             caller = authorize(view, route, _token(scope), _client(scope))
+            if route is Route.REDIRECT:
+                return await _redirect(send, scope, canonical_path(scope["method"], scope["path"]) or "/")
+            if route is Route.MODEL_CARD:
+                model = model_card_id(scope["path"])
             if route is Route.INFERENCE and caller is not None:
                 body = await _read_body(scope, receive, view.max_body_bytes)
                 data = _json_object(body)
@@ -137,6 +152,7 @@ class TenantMiddleware:
                     sequences = requested_sequences(data)
                     view.check_sequences(caller, sequences)
                     if self.salted_paths is None or scope["path"] in self.salted_paths:
+                        check_client_salt(data)
                         data["cache_salt"] = self.salt(caller)
                 # vLLM parses exactly the document checked here (no duplicate-key or depth games)
                 body, scope = _reserialized(data, scope)
@@ -144,12 +160,14 @@ class TenantMiddleware:
             self._acquire(view, caller, sequences)
         except AccessError as exc:
             self.metrics.auth_failures.labels(exc.reason).inc()
-            if route in (Route.INFERENCE, Route.MODELS):
+            if route in (Route.INFERENCE, Route.MODELS, Route.MODEL_CARD) and caller is not ADMIN:
                 self.metrics.requests.labels(_tenant_label(caller), OTHER_LABEL, str(exc.http_status)).inc()
             await _send_error(send, exc)
             return
         if caller is None or route is Route.ADMIN:
             return await self.app(scope, receive, send)
+        if caller is ADMIN:  # operator traffic: served as vLLM serves it, counted in no per-tenant series
+            return await self._serve(caller, model, route, scope, receive, send)
         await self._serve_tenant(view, caller, model, route, sequences, scope, receive, send, started)
 
     def salt(self, tenant: str) -> str:
@@ -165,7 +183,8 @@ class TenantMiddleware:
         if limit is not None and current + sequences > limit:
             self.metrics.rate_limited.labels(caller).inc()
             raise RateLimited(f"too many sequences in flight for this key ({current} running, this request asks "
-                              f"for {sequences}, limit {limit}); retry shortly")
+                              f"for {sequences}, limit {limit}); retry shortly",
+                              retry_after=retry_after(self.typical_seconds.get(caller), current))
         self.in_flight[caller] = current + sequences
 
     async def _identity(self, view: AccessView, scope: Scope, receive: Any, send: Any) -> None:
@@ -181,12 +200,11 @@ class TenantMiddleware:
         server = scope.get("server") or ("", 0)
         await _send_json(send, 200, {"proof": identity.proof(token, nonce, int(server[1] or 0))})
 
-    async def _serve_tenant(self, view: AccessView, caller: Caller, model: str | None, route: Route, sequences: int,
+    async def _serve_tenant(self, view: AccessView, caller: str, model: str | None, route: Route, sequences: int,
                             scope: Scope, receive: Any, send: Any, started: float) -> None:
-        tenant = _tenant_label(caller)
-        model_label = label(model, view.all_models, OTHER_LABEL) if model else OTHER_LABEL
+        model_label = label(model, view.allowed_models(caller), OTHER_LABEL) if model else OTHER_LABEL
         status = ["500"]
-        gauge = self.metrics.in_flight.labels(tenant)
+        gauge = self.metrics.in_flight.labels(caller)
         gauge.inc()
 
         async def send_wrapper(message: Message) -> None:
@@ -195,24 +213,34 @@ class TenantMiddleware:
             await send(message)
 
         try:
-            if route is Route.MODELS and caller is not ADMIN:
-                await _filtered_models(self.app, scope, receive, send_wrapper, view.allowed_models(caller))
-            elif route is Route.INFERENCE and caller is not ADMIN:
-                await _not_found_as_ours(self.app, scope, receive, send_wrapper, model)
-            else:
-                await self.app(scope, receive, send_wrapper)
+            await self._serve(caller, model, route, scope, receive, send_wrapper, view.allowed_models(caller))
         finally:
             gauge.dec()
-            if caller is not ADMIN:
-                self.in_flight[caller] -= sequences
-            self.metrics.requests.labels(tenant, model_label, status[0]).inc()
-            self.metrics.duration.labels(tenant, model_label).observe(time.perf_counter() - started)
+            self.in_flight[caller] -= sequences
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(caller, model_label, status[0]).inc()
+            self.metrics.duration.labels(caller, model_label).observe(elapsed)
+            if route is Route.INFERENCE:
+                previous = self.typical_seconds.get(caller, elapsed)
+                self.typical_seconds[caller] = previous + DURATION_EWMA_WEIGHT * (elapsed - previous)
+
+    async def _serve(self, caller: Caller, model: str | None, route: Route, scope: Scope, receive: Any, send: Any,
+                     allowed: frozenset[str] | None = None) -> None:
+        """Hand the checked request to vLLM; ``allowed`` (a tenant's models) filters what it may see of the list."""
+        if route is Route.MODEL_CARD:
+            await _model_card(self.app, scope, receive, send, model or "", allowed)
+        elif route is Route.MODELS and allowed is not None:
+            await _filtered_models(self.app, scope, receive, send, allowed)
+        elif route is Route.INFERENCE and caller is not ADMIN:
+            await _not_found_as_ours(self.app, scope, receive, send, model)
+        else:
+            await self.app(scope, receive, send)
 
 
 def _tenant_label(caller: Caller | None) -> str:
-    if caller is None:
-        return ANONYMOUS_LABEL
-    return caller.label if caller is ADMIN else caller  # type: ignore[union-attr]
+    """The ``tenant`` label of a refusal: the tenant, or ``anonymous`` before a key names one (never the admin,
+    which is counted in no per-tenant series)."""
+    return ANONYMOUS_LABEL if caller is None or caller is ADMIN else caller  # type: ignore[return-value]
 
 
 def salted_paths(app: object) -> frozenset[str] | None:
@@ -350,9 +378,18 @@ async def _send_json(send: Any, status: int, payload: object, extra: Mapping[str
     await send({"type": "http.response.body", "body": body})
 
 
-async def _filtered_models(app: Any, scope: Scope, receive: Any, send: Any, allowed: frozenset[str]) -> None:
-    """Run vLLM's ``/v1/models`` and keep only the cards the caller may use, with OpenAI's fields only (vLLM's
-    ``root`` is a server path, ``parent`` names the base, ``permission`` is vLLM's own)."""
+async def _redirect(send: Any, scope: Scope, path: str) -> None:
+    """vLLM's (Starlette's) answer to a route spelled with a trailing slash: 307 to the canonical path, same
+    method and body; the client's follow-up request then passes this middleware like any other."""
+    query = scope.get("query_string", b"")
+    location = scope.get("root_path", "") + path + ("?" + query.decode("latin-1") if query else "")
+    await send({"type": "http.response.start", "status": 307,
+                "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _vllm_models(app: Any, scope: Scope, receive: Any) -> tuple[Message, bytes]:
+    """vLLM's own ``GET /v1/models`` answer (start message, body), whatever path the caller asked for."""
     start: Message = {}
     chunks: list[bytes] = []
 
@@ -362,14 +399,43 @@ async def _filtered_models(app: Any, scope: Scope, receive: Any, send: Any, allo
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
 
-    await app(scope, receive, capture)
-    body = b"".join(chunks)
+    await app({**scope, "method": "GET", "path": MODELS_LIST, "raw_path": MODELS_LIST.encode()}, receive, capture)
+    return start, b"".join(chunks)
+
+
+def _visible_cards(body: bytes, allowed: frozenset[str] | None) -> list[dict[str, Any]]:
+    """The cards of vLLM's list the caller may see: a tenant's (``allowed``) with OpenAI's fields only (vLLM's
+    ``root`` is a server path, ``parent`` names the base, ``permission`` is vLLM's own); the admin's whole."""
+    cards = [card for card in json.loads(body).get("data", []) if isinstance(card, dict)]
+    if allowed is None:
+        return cards
+    return [{k: card[k] for k in MODEL_CARD_FIELDS if k in card} for card in cards if card.get("id") in allowed]
+
+
+async def _model_card(app: Any, scope: Scope, receive: Any, send: Any, model: str,
+                      allowed: frozenset[str] | None) -> None:
+    """``GET /v1/models/{id}``: the caller's card from vLLM's list, or the unknown-model 404 for a name the
+    caller may not use or vLLM does not serve (the same bytes either way)."""
+    start, body = await _vllm_models(app, scope, receive)
+    if start.get("status") != 200:
+        return await _send_raw(send, start, body)
+    card = next((c for c in _visible_cards(body, allowed) if c.get("id") == model), None)
+    if card is None:
+        return await _send_error(send, ModelNotFound(model))
+    await _send_json(send, 200, card)
+
+
+async def _filtered_models(app: Any, scope: Scope, receive: Any, send: Any, allowed: frozenset[str]) -> None:
+    """Run vLLM's ``/v1/models`` and keep only the cards the caller may use (``_visible_cards``)."""
+    start, body = await _vllm_models(app, scope, receive)
     if start.get("status") == 200:
-        data = json.loads(body)
-        data = {"object": data.get("object", "list"),
-                "data": [{k: card[k] for k in MODEL_CARD_FIELDS if k in card}
-                         for card in data.get("data", []) if card.get("id") in allowed]}
-        body = json.dumps(data).encode()
+        body = json.dumps({"object": json.loads(body).get("object", "list"),
+                           "data": _visible_cards(body, allowed)}).encode()
+    await _send_raw(send, start, body)
+
+
+async def _send_raw(send: Any, start: Message, body: bytes) -> None:
+    """Send a captured response again with ``body`` (its content-length fixed)."""
     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": start.get("status", 500), "headers": headers})

@@ -15,9 +15,15 @@ class AccessError(TenantserveError):
     error_type = "permission_error"
     reason = "forbidden"
     headers: dict[str, str] = {}
+    param: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        if param is not None:
+            self.param = param
 
     def to_body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.error_type, "param": None, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
 
 class MissingKey(AccessError):
@@ -34,6 +40,19 @@ class RevokedKey(InvalidKey):
 
 class AdminOnly(AccessError):
     code, reason = "admin_only", "admin_route"
+
+
+class RouteNotFound(AccessError):
+    """A tenant key on a route that is not a tenant route: vLLM's own answer for a route that does not exist (its
+    HTTPException handler's shape and text), so tenants cannot tell admin routes from missing ones."""
+
+    http_status, error_type, reason = 404, "Not Found", "no_route"
+
+    def __init__(self) -> None:
+        super().__init__("Not Found")
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": {"message": "Not Found", "type": "Not Found", "param": None, "code": 404}}
 
 
 class LoopbackOnly(AccessError):
@@ -58,8 +77,14 @@ class ModelNotFound(AccessError):
 
 
 class RateLimited(AccessError):
+    """Too many sequences in flight; ``retry_after`` (whole seconds, ``policy.retry_after``) becomes the
+    ``Retry-After`` header."""
+
     http_status, error_type, code, reason = 429, "rate_limit_error", "rate_limited", "rate_limited"
-    headers = {"retry-after": "1"}
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"retry-after": str(retry_after)}
 
 
 class BodyTooLarge(AccessError):

@@ -3,6 +3,9 @@
 Routes are classified deny-by-default: a short list is public (health), ``/metrics`` has its own rule, a short list
 carries tenant traffic (each with a ``model`` field the ACL checks), and *everything else* needs the admin token —
 so load/unload, the SageMaker ``/adapters`` routes, sleep/wake, profiling, RPC and any route a later vLLM adds.
+A tenant key on such a route gets vLLM's 404 for a missing route (``RouteNotFound``): admin routes are not revealed.
+A tenant route with a trailing slash is redirected (307) to its canonical path, as vLLM's router does, so the ACL
+runs on the request vLLM finally serves.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,6 +31,7 @@ from tenantserve.middleware.errors import (
     MissingKey,
     ModelNotFound,
     RevokedKey,
+    RouteNotFound,
     TooManySequences,
 )
 from tenantserve.identity import IDENTITY_ROUTE
@@ -38,6 +44,14 @@ MODEL_ROUTES = frozenset({
     "/tokenize", "/detokenize",
 })
 MODELS_LIST = "/v1/models"
+#: ``GET /v1/models/{id}`` (the OpenAI SDK's ``models.retrieve``); vLLM has no such route, the middleware answers it.
+MODEL_CARD_PREFIX = MODELS_LIST + "/"
+#: vLLM's own rule for a client's ``cache_salt`` (``validate_cache_salt``): checked before the tenant's replaces it.
+CACHE_SALT_MAX_CHARS = 128
+CACHE_SALT_FORBIDDEN = frozenset("@/\\\0")
+#: ``Retry-After`` bounds in whole seconds (RFC 9110 allows no fractions): jitter spreads waiting clients over
+#: at least ``RETRY_JITTER_SECONDS`` so they do not come back in lockstep.
+RETRY_AFTER_MIN, RETRY_AFTER_MAX, RETRY_JITTER_SECONDS = 1, 30, 2.0
 
 
 @final
@@ -61,12 +75,34 @@ class Route(Enum):
     PUBLIC = "public"
     METRICS = "metrics"
     MODELS = "models"  # GET /v1/models: answered per caller
+    MODEL_CARD = "model_card"  # GET /v1/models/{id}: one card from the caller's list
+    REDIRECT = "redirect"  # a tenant route with a trailing slash: 307 to the canonical path
     INFERENCE = "inference"
     IDENTITY = "identity"  # POST /tenantserve/identity: proves the admin token without needing it
     ADMIN = "admin"
 
 
 def classify(method: str, path: str) -> Route:
+    if path.endswith("/") and canonical_path(method, path) is not None:
+        return Route.REDIRECT
+    return _classify(method, path)
+
+
+def canonical_path(method: str, path: str) -> str | None:
+    """The path vLLM's router redirects ``path`` to (trailing slashes stripped, Starlette's rule) when that is a
+    tenant route for ``method``; None otherwise (any other route keeps its own rules)."""
+    stripped = path.rstrip("/")
+    if not stripped or stripped == path:
+        return None
+    return stripped if _classify(method, stripped) in (Route.MODELS, Route.MODEL_CARD, Route.INFERENCE) else None
+
+
+def model_card_id(path: str) -> str:
+    """The model id of a ``/v1/models/{id}`` path (may contain ``/``, as base model names do)."""
+    return path[len(MODEL_CARD_PREFIX):]
+
+
+def _classify(method: str, path: str) -> Route:
     if (method, path) in PUBLIC_ROUTES:
         return Route.PUBLIC
     if method == "POST" and path == IDENTITY_ROUTE:
@@ -75,6 +111,8 @@ def classify(method: str, path: str) -> Route:
         return Route.METRICS
     if method == "GET" and path == MODELS_LIST:
         return Route.MODELS
+    if method == "GET" and path.startswith(MODEL_CARD_PREFIX) and len(path) > len(MODEL_CARD_PREFIX):
+        return Route.MODEL_CARD
     if method == "POST" and path in MODEL_ROUTES:
         return Route.INFERENCE
     return Route.ADMIN
@@ -153,13 +191,15 @@ class AccessView:
     def allowed_models(self, caller: Caller) -> frozenset[str]:
         return self.all_models if caller is ADMIN else self.models.get(caller, frozenset())
 
-    def check_model(self, caller: Caller, model: object) -> str | None:
+    def check_model(self, caller: Caller, model: object) -> str:
         """The model name if ``caller`` may use it; an omitted model means the base (vLLM's default).
-        The admin (the sidecar warming up an adapter it just loaded) reaches whatever vLLM serves."""
+        The admin (the sidecar warming up an adapter it just loaded) reaches whatever vLLM serves.
+        A model that is not a string is 400 ``InvalidParameter`` (vLLM's answer); a name the caller may not use
+        is 404 ``ModelNotFound``, exactly like a name that exists nowhere."""
         name = self.base if model is None else model
-        if caller is ADMIN:
-            return name if isinstance(name, str) else None
-        if not isinstance(name, str) or name not in self.allowed_models(caller):
+        if not isinstance(name, str):
+            raise InvalidParameter(f"'model' must be a string, got {_json_type(name)}", param="model")
+        if caller is not ADMIN and name not in self.allowed_models(caller):
             raise ModelNotFound(name)
         return name
 
@@ -178,6 +218,31 @@ class AccessView:
                                    f"this key may ask for at most {cap} per request")
 
 
+def check_client_salt(data: Mapping[str, Any]) -> None:
+    """Refuse a client ``cache_salt`` vLLM would refuse (400, vLLM's message), before the tenant's replaces it:
+    a client sees the same answer with or without the middleware."""
+    salt = data.get("cache_salt")
+    if salt is None:
+        return
+    if not isinstance(salt, str) or not salt:
+        raise InvalidParameter("Parameter 'cache_salt' must be a non-empty string if provided.", param="cache_salt")
+    if len(salt) > CACHE_SALT_MAX_CHARS or any(c in CACHE_SALT_FORBIDDEN for c in salt):
+        raise InvalidParameter(f"Parameter 'cache_salt' must be at most {CACHE_SALT_MAX_CHARS} characters and must "
+                               "not contain '@', '/', '\\\\', or NUL.", param="cache_salt")
+
+
+def retry_after(typical_seconds: float | None, in_flight: int, rng: random.Random | None = None) -> int:
+    """Seconds a refused (429) client should wait, for ``Retry-After``: about how long until one of the tenant's
+    ``in_flight`` requests ends (its typical request duration, or 1 s before it has one, shared between them),
+    stretched by a random factor of 1-2 plus up to ``RETRY_JITTER_SECONDS`` of random jitter, rounded up to whole
+    seconds and bounded to ``RETRY_AFTER_MIN..RETRY_AFTER_MAX``."""
+    rng = rng or random.Random()
+    typical = 1.0 if typical_seconds is None or not math.isfinite(typical_seconds) else max(typical_seconds, 0.0)
+    expected = typical / max(in_flight, 1)
+    seconds = expected * rng.uniform(1.0, 2.0) + rng.uniform(0.0, RETRY_JITTER_SECONDS)
+    return min(max(math.ceil(seconds), RETRY_AFTER_MIN), RETRY_AFTER_MAX)
+
+
 def requested_sequences(data: Mapping[str, Any]) -> int:
     """Sequences one request makes the engine run: prompts x max(n, best_of) (``n`` is also the beam width).
     A ``prompt`` list of strings or of token lists is several prompts; a list of ints is one tokenized prompt.
@@ -185,6 +250,11 @@ def requested_sequences(data: Mapping[str, Any]) -> int:
     width = max(_positive_int(data, "n"), _positive_int(data, "best_of"))
     prompts = max(_prompt_count(data.get("prompt")), _prompt_count(data.get("prompt_embeds")))
     return prompts * width
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _positive_int(data: Mapping[str, Any], name: str) -> int:
@@ -203,7 +273,9 @@ def _prompt_count(prompt: object) -> int:
 
 
 def authorize(view: AccessView, route: Route, token: str | None, client: str | None) -> Caller | None:
-    """The caller (tenant id, ``ADMIN``) or None for open routes; raises an ``AccessError`` when refused."""
+    """The caller (tenant id, ``ADMIN``) or None for open routes; raises an ``AccessError`` when refused.
+    Tenant routes (and their trailing-slash redirects) take any live key; other routes need the admin token, and a
+    tenant key there is ``RouteNotFound`` (404)."""
     if route in (Route.PUBLIC, Route.IDENTITY):
         return None
     if route is Route.METRICS:
@@ -219,6 +291,8 @@ def authorize(view: AccessView, route: Route, token: str | None, client: str | N
 
 
 def _authorize_admin(view: AccessView, token: str | None, client: str | None) -> Admin:
+    if token and not view.is_admin(token) and lookup(view.keys, token) is not None:
+        raise RouteNotFound()  # a tenant: no admin route exists for it, from anywhere
     if view.admin_loopback_only and not is_loopback(client):
         raise LoopbackOnly("admin routes answer only on loopback")
     if view.admin_digest is None:
@@ -235,5 +309,6 @@ def label(value: str | None, allowed: frozenset[str] | Mapping[str, object], oth
     return value if value is not None and value in allowed else other
 
 
-__all__ = ["ADMIN", "AccessError", "AccessView", "Admin", "Caller", "Route", "authorize", "classify", "is_loopback",
-           "label", "requested_sequences"]
+__all__ = ["ADMIN", "AccessError", "AccessView", "Admin", "Caller", "Route", "authorize", "canonical_path",
+           "check_client_salt", "classify", "is_loopback", "label", "model_card_id", "requested_sequences",
+           "retry_after"]
