@@ -42,7 +42,7 @@ def slot_rank(registry: Registry) -> int:
     ranks = []
     for _, adapter in registry.adapters():
         try:
-            ranks.append(AdapterConfig.read(registry.adapter_path(adapter), name=adapter.name).rank)
+            ranks.append(AdapterConfig.read(registry.adapter_path(adapter), name=adapter.name).max_rank)
         except AdapterError:
             continue
     return derive_max_lora_rank(ranks)
