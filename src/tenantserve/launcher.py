@@ -269,8 +269,14 @@ def build_serve_argv(
         argv += ["--enforce-eager"]
     for mw in middleware:
         argv += ["--middleware", mw]
+    if not any(a.split("=")[0].replace("_", "-") in _ACCESS_LOG_FLAGS for a in engine.extra_args):
+        argv += ["--disable-access-log-for-endpoints", "/health"]  # the sidecar's health polling: ~3 lines a second
     argv += list(engine.extra_args)
     return argv
+
+
+#: The operator's own access-log choice in ``engine.extra_args`` wins over the launcher's ``/health`` filter.
+_ACCESS_LOG_FLAGS = ("--disable-access-log-for-endpoints", "--disable-uvicorn-access-log")
 
 
 #: The server secret the tenant middleware derives cache salts from (tenantserve.middleware.asgi.SALT_SECRET_ENV).
