@@ -43,8 +43,9 @@ class AdminOnly(AccessError):
 
 
 class RouteNotFound(AccessError):
-    """A tenant key on a route that is not a tenant route: vLLM's own answer for a route that does not exist (its
-    HTTPException handler's shape and text), so tenants cannot tell admin routes from missing ones."""
+    """A tenant key on a route that is not a tenant route: vLLM's status and text for a route that does not exist,
+    in the OpenAI error shape (vLLM's own body there is Starlette's ``{"detail": "Not Found"}``). Every such route
+    answers these same bytes, so tenants cannot tell admin routes from missing ones."""
 
     http_status, error_type, reason = 404, "Not Found", "no_route"
 

@@ -44,7 +44,8 @@ def test_in_flight_limit_is_per_tenant(secured: SecuredEngine) -> None:
         with secured.client(None) as c:
             c.post("/resume", headers=admin)
     assert [r.status_code for r in limited] == [429, 429]
-    assert all(r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "rate_limited" for r in limited)
+    assert all(1 <= int(r.headers["retry-after"]) <= 30 and r.json()["error"]["code"] == "rate_limited"
+               for r in limited)  # computed and jittered: test_surface_openai
     assert _long(secured, secured.keys["initech"], "french").status_code == 200
 
 
