@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tenantserve.cli.adapters import warn_registry_error
 from tenantserve.cli.opsclient import AdminClient, SidecarCallError, url_option
 
 
@@ -20,7 +21,9 @@ def command() -> None:
 @url_option
 def list_(url: str) -> None:
     """Every tenant with its adapters."""
-    rows = AdminClient(url).call("GET", "/admin/tenants")
+    client = AdminClient(url)
+    rows = client.call("GET", "/admin/tenants")
+    warn_registry_error(client)
     table = Table("tenant", "base allowed", "adapters")
     for t in rows:
         table.add_row(t["id"], "yes" if t["allow_base"] else "no", ", ".join(t["adapters"]) or "-")

@@ -47,6 +47,13 @@ class TenantView(BaseModel):
     adapters: list[str]
 
 
+class RegistryView(BaseModel):
+    path: str
+    valid: bool
+    error: str | None = Field(default=None, description="Why the file is not used (path:line: key: message); the "
+                              "sidecar and the engine keep the last good registry meanwhile.")
+
+
 class OffboardView(BaseModel):
     name: str
     tenant: str

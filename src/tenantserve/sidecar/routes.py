@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tenantserve.errors import RegistryError
+from tenantserve.registry import Registry
+from tenantserve.sidecar.engine_client import EngineClient, EngineUnverified
+from tenantserve.sidecar.errors import Unauthorized
 from tenantserve.sidecar.http import require_admin
 from tenantserve.sidecar.protocol import (
     AdapterCreate,
@@ -12,6 +19,7 @@ from tenantserve.sidecar.protocol import (
     ErrorResponse,
     KeyIssued,
     OffboardView,
+    RegistryView,
     TenantCreate,
     TenantView,
 )
@@ -33,10 +41,40 @@ def _view(s: AdapterStatus) -> AdapterView:
                        attempts=s.attempts)
 
 
+#: Set on ``GET /admin/tenants`` and ``GET /admin/adapters`` while the registry file is broken (the lists then show
+#: the last good registry): ``path:line: key: message``, escaped to one latin-1 line.
+REGISTRY_ERROR_HEADER = "X-Tenantserve-Registry-Error"
+
+
+async def _registry_state(request: Request, response: Response) -> tuple[Registry | None, str | None]:
+    registry, error = await asyncio.to_thread(request.app.state.store.check)
+    if error is not None:
+        response.headers[REGISTRY_ERROR_HEADER] = header_safe(error)
+    return registry, error
+
+
+def header_safe(text: str) -> str:
+    one_line = " | ".join(part for part in text.splitlines() if part.strip())
+    return one_line.encode("latin-1", "backslashreplace").decode("latin-1")[:4096]
+
+
 @admin.get("/tenants", response_model=list[TenantView])
-async def list_tenants(svc: AdminService = Depends(service)) -> list[TenantView]:
+async def list_tenants(request: Request, response: Response) -> list[TenantView]:
+    """Every tenant; while the registry file is broken, the last good one's (header ``X-Tenantserve-Registry-Error``).
+    """
+    registry, error = await _registry_state(request, response)
+    if registry is None:  # broken since the sidecar started: nothing good to show
+        raise RegistryError(error or "the registry cannot be read")
     return [TenantView(id=t.id, allow_base=t.allow_base, adapters=[a.name for a in t.adapters])
-            for t in await svc.tenants()]
+            for t in registry.tenants]
+
+
+@admin.get("/registry", response_model=RegistryView)
+async def registry_status(request: Request, response: Response) -> RegistryView:
+    """Is the registry file valid now? ``error``: why not (path:line: key: message); the services keep the last good
+    registry meanwhile."""
+    _, error = await _registry_state(request, response)
+    return RegistryView(path=str(request.app.state.store.path), valid=error is None, error=error)
 
 
 @admin.post("/tenants", response_model=TenantView, status_code=201)
@@ -65,7 +103,10 @@ async def remove_adapter(tenant_id: str, name: str, svc: AdminService = Depends(
 
 
 @admin.get("/adapters", response_model=list[AdapterView])
-async def list_adapters(svc: AdminService = Depends(service)) -> list[AdapterView]:
+async def list_adapters(request: Request, response: Response, svc: AdminService = Depends(service)
+                        ) -> list[AdapterView]:
+    """Every adapter's state; header ``X-Tenantserve-Registry-Error`` while the registry file is broken."""
+    await _registry_state(request, response)
     return [_view(s) for s in svc.adapters()]
 
 
@@ -102,7 +143,38 @@ async def revoke_key(tenant_id: str, key_id: str, request: Request) -> Response:
 
 @public.get("/healthz", include_in_schema=False)
 async def healthz() -> dict:
+    """Live: the sidecar process answers (nothing else is checked; see ``/readyz``)."""
     return {"status": "ok"}
+
+
+@public.get("/readyz", include_in_schema=False)
+async def readyz(request: Request) -> JSONResponse:
+    """Ready: the engine answers ``/health`` and proved its identity (when a token is sent), and the registry file is
+    valid. 200 or 503, the body naming each check: ``{"status", "checks": {"engine", "registry"}, "problems"}``;
+    the problems' messages (file paths, registry lines) only with the admin token."""
+    engine: EngineClient = request.app.state.engine
+    problems: list[dict[str, str]] = []
+    if not await engine.healthy():
+        problems.append({"check": "engine", "code": "engine_down",
+                         "message": f"the engine at {engine.base_url} does not answer /health"})
+    elif engine.needs_proof:
+        try:
+            await engine.verify()
+        except EngineUnverified as exc:
+            problems.append({"check": "engine", "code": exc.code, "message": exc.message})
+    _, error = await asyncio.to_thread(request.app.state.store.check)
+    if error is not None:
+        problems.append({"check": "registry", "code": "registry_invalid", "message": error})
+    try:
+        await require_admin(request)
+        detailed = True
+    except Unauthorized:
+        detailed = False
+    failed = {p["check"]: p["code"] for p in problems}
+    body = {"status": "not_ready" if problems else "ready",
+            "checks": {c: failed.get(c, "ok") for c in ("engine", "registry")},
+            "problems": problems if detailed else [{k: v for k, v in p.items() if k != "message"} for p in problems]}
+    return JSONResponse(body, status_code=503 if problems else 200)
 
 
 @public.get("/metrics", include_in_schema=False)
