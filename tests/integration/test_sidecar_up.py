@@ -1,4 +1,5 @@
-"""`tenantserve up`: engine + sidecar started together; an operator onboards with one command; Ctrl-C stops both."""
+"""`tenantserve up`: engine + sidecar started together; a ready line and a state file once both answer (the CLI
+needs no --url); an operator onboards with one command; Ctrl-C stops both and removes the state file."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tenantserve import embedded
 from tenantserve.demo import free_port
 from tenantserve.fingerprint import fingerprint
 from tenantserve.registry import Registry
+from tenantserve.runstate import read_state, state_path
 from tests.conftest import EMBEDDED
 from tests.integration.engines import copy_registry
 
@@ -51,7 +53,10 @@ def test_up_serves_onboards_with_one_command_and_ctrl_c_stops_both(tmp_path: Pat
                              env=env, capture_output=True, text=True, timeout=300)
         assert add.returncode == 0, add.stderr
         assert "initech-sql (tenant initech): loaded" in add.stdout
-        listed = subprocess.run([*cli, "adapters", "list", "--url", admin], env=env, capture_output=True, text=True)
+        state = read_state(registry)  # written once both answered: the CLI finds them with no --url
+        assert state is not None and (state.pid, state.engine_url, state.sidecar_url) == (proc.pid, engine, admin)
+        listed = subprocess.run([*cli, "adapters", "list"], env={**env, "TENANTSERVE_REGISTRY": str(registry)},
+                                capture_output=True, text=True)
         assert listed.returncode == 0 and "initech-sql" in listed.stdout and "loaded" in listed.stdout
         resp = httpx.post(f"{engine}/v1/completions", json={"model": "initech-sql", "prompt": embedded.SQL_PROMPT,
                                                             "max_tokens": 24, "temperature": 0}, timeout=60)
@@ -59,6 +64,12 @@ def test_up_serves_onboards_with_one_command_and_ctrl_c_stops_both(tmp_path: Pat
         proc.send_signal(signal.SIGINT)
         assert proc.wait(90) == 0
         assert not _up(f"{engine}/health") and not _up(f"{admin}/healthz")
+        assert not state_path(registry).exists()  # removed on exit
+        out = (tmp_path / "up.log").read_text()
+        assert f"tenantserve: ready: OpenAI API {engine}/v1, admin API {admin} (docs /docs) after " in out
+        log = tmp_path / "state" / f"engine-{port}.log"  # one log per port, named in the output
+        assert str(log) in out and "POST /v1/completions" in log.read_text()  # real requests still logged
+        assert "GET /health " not in log.read_text()  # the sidecar polls it every few seconds: not logged
     finally:
         if proc.poll() is None:  # a failed assertion: still stop the engine through `up` itself
             proc.send_signal(signal.SIGINT)

@@ -30,9 +30,11 @@ _defaults = Settings()
 def command(registry_path: Path, host: str, port: int, sidecar_port: int, adapters_root: Path, insecure: bool) -> None:
     """Start the engine from the registry and the sidecar beside it; Ctrl-C stops both.
 
-    The engine's log goes to .tenantserve/engine.log (TENANTSERVE_STATE_DIR). A port already taken by another
-    program: exit 3 naming it, nothing started. The admin API is on
-    http://127.0.0.1:SIDECAR_PORT (docs at /docs); manage tenants with `tenantserve tenants|adapters ...`.
+    The engine's log goes to .tenantserve/engine-PORT.log (TENANTSERVE_STATE_DIR; a fresh one per start, the
+    previous one kept as engine-PORT.log.1). A port already taken by another program: exit 3 naming it, nothing
+    started. One line says when both answer ("tenantserve: ready: ..." with the URLs); from then on
+    `tenantserve tenants|adapters ...` find the admin API with no --url (a state file beside the registry, removed on
+    exit). The admin API is on http://127.0.0.1:SIDECAR_PORT (docs at /docs).
     """
     settings = Settings()
     engine_url = f"http://127.0.0.1:{port}"
@@ -45,7 +47,7 @@ def command(registry_path: Path, host: str, port: int, sidecar_port: int, adapte
         click.echo(f"tenantserve: warning: {warning}", err=True)
     for refusal in plan.refused:  # left out of the engine; the sidecar shows them as failed
         click.echo(f"tenantserve: {refusal.line()}", err=True)
-    log_path = settings.state_dir / "engine.log"
+    log_path = settings.state_dir / f"engine-{port}.log"  # one per port: two `up`s never share one
     click.echo(f"tenantserve: engine on {engine_url} (log: {log_path}), sidecar on "
                f"http://{settings.sidecar_host}:{sidecar_port}; Ctrl-C stops both", err=True)
     sys.exit(run_together(plan, config, engine_url=engine_url, host=settings.sidecar_host, port=sidecar_port,

@@ -1,4 +1,5 @@
-"""A vLLM engine as a child process: start it, wait until it answers, stop it (or kill it, for tests)."""
+"""A vLLM engine as a child process: start it (a fresh log per start), wait until it answers, stop it (or kill it,
+for tests)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,15 @@ def check_port_free(host: str, port: int, *, what: str = "the engine") -> None:
                             f"listen there (pick another port or stop that program)")
 
 
+def rotate_log(path: Path) -> None:
+    """Keep one previous log: ``path`` becomes ``path.1`` (replacing an older one); nothing to do if it is absent."""
+    try:
+        if path.stat().st_size > 0:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
 class EngineProcess:
     """One engine in its own process group, logging to a file. Cheap to construct; ``start`` does the work."""
 
@@ -57,7 +67,9 @@ class EngineProcess:
         self.metrics_dir: Path | None = None
 
     def start(self) -> None:
+        """Start the engine; its log is a fresh file (the previous start's is kept as ``<log>.1``)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(self.log_path)
         log = self.log_path.open("ab")
         env = {**os.environ, **self.plan.env, **self.extra_env}
         if self.metrics_dir is not None:  # left by a killed run
