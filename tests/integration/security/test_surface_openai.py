@@ -32,9 +32,8 @@ def test_sdk_retrieves_its_own_models_card_only(secured: SecuredEngine) -> None:
         assert raw.http_response.status_code == 200
         assert set(raw.http_response.json()) == {"id", "object", "created", "owned_by"}
         assert raw.parse().id == model
-    unknown = client.models.with_raw_response  # the bytes of a name that exists nowhere, to compare with
-    with pytest.raises(openai.NotFoundError) as nowhere:
-        unknown.retrieve("no-such-model")
+    with pytest.raises(openai.NotFoundError) as nowhere:  # the bytes of a name that exists nowhere, to compare with
+        client.models.retrieve("no-such-model")
     for foreign in ("pirate", "french"):
         with pytest.raises(openai.NotFoundError) as exc:
             client.models.retrieve(foreign)
