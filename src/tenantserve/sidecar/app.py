@@ -23,6 +23,7 @@ from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.content import ServedContent
 from tenantserve.sidecar.engine_client import EngineClient
 from tenantserve.sidecar.exposure import ExposureGuard
+from tenantserve.sidecar.gate import AdminGate
 from tenantserve.sidecar.http import install_error_handlers
 from tenantserve.sidecar.metrics import SidecarMetrics
 from tenantserve.sidecar.reconciler import Reconciler
@@ -87,4 +88,5 @@ def create_app(config: SidecarConfig, *, metrics_registry: CollectorRegistry | N
     app.include_router(public)
     install_error_handlers(app)
     app.add_middleware(ExposureGuard, config=config)  # /docs, /openapi.json, /metrics: loopback or a token
+    app.add_middleware(AdminGate, config=config)  # outermost: the admin token before any body is read; bodies capped
     return app

@@ -3,7 +3,7 @@
 Every error (ours, FastAPI's validation errors, unknown routes) leaves as ``{"error": {"message", "type", "code"}}``
 with a real status: 400 admission refused (code = the reason) or a body nested too deeply to parse
 (``json_too_deep``), 401 no/wrong token, 404 unknown, 409 duplicate,
-422 malformed body, 502 engine failure, 503 registry not writable.
+413 a body over the cap (``sidecar.gate``), 422 malformed body, 502 engine failure, 503 registry not writable.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tenantserve.errors import TenantserveError
+from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.errors import Unauthorized
 
 
@@ -59,13 +60,23 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def token_refusal(config: SidecarConfig, authorization: str | None) -> tuple[str, str] | None:
+    """(code, message) when ``authorization`` does not carry the admin token; None when it does (or in insecure dev
+    mode without a token). Constant-time comparison."""
+    expected = config.admin_token
+    if config.insecure and not expected:
+        return None
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return "missing_token", "admin API: send 'Authorization: Bearer <TENANTSERVE_ADMIN_TOKEN>'"
+    if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        return "invalid_token", "admin API: invalid admin token"
+    return None
+
+
 async def require_admin(request: Request) -> None:
     """FastAPI dependency: the admin token, compared in constant time (skipped only in insecure dev mode)."""
-    expected: str | None = request.app.state.config.admin_token
-    if request.app.state.config.insecure and not expected:
-        return
-    presented = bearer_token(request)
-    if presented is None:
-        raise Unauthorized("admin API: send 'Authorization: Bearer <TENANTSERVE_ADMIN_TOKEN>'", code="missing_token")
-    if expected is None or not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise Unauthorized("admin API: invalid admin token", code="invalid_token")
+    refused = token_refusal(request.app.state.config, request.headers.get("authorization"))
+    if refused is not None:
+        raise Unauthorized(refused[1], code=refused[0])
