@@ -400,8 +400,8 @@ def _adapter_dir(label: str, registry: Registry, spec: AdapterSpec, root: Path |
 def _check_declared_base(label: str, spec: AdapterSpec, path: Path, base: BaseFacts) -> tuple[str | None, bool, tuple]:
     stamp = read_stamp(path, name=spec.name)
     if spec.base_fingerprint and stamp and spec.base_fingerprint != stamp:
-        raise AdapterError(f"{label}: base_fingerprint {spec.base_fingerprint} (registered or requested) but {STAMP_NAME} "
-                           f"says {stamp}",
+        raise AdapterError(f"{label}: base_fingerprint {spec.base_fingerprint} (registered or requested) but "
+                           f"{STAMP_NAME} says {stamp}",
                            code="base_conflict")
     declared = spec.base_fingerprint or stamp
     served = base.fingerprint.value
