@@ -39,6 +39,7 @@ from tenantserve.fingerprint import fingerprint
 from tenantserve.fpcache import FingerprintCache
 from tenantserve.registry import NAME_PATTERN, AdapterSpec, Registry
 from tenantserve.weights import read_header
+from tenantserve.weight_values import check_dtypes, check_scalings, check_values, scalings
 
 __all__ = ["Admission", "BaseCheck", "BaseFacts", "EngineLora", "admit", "engine_keeps", "verify_base"]
 
@@ -138,6 +139,11 @@ def admit(
         raise rank_error from None
     if rank_error is not None:
         raise rank_error
+    raw = cfg.raw
+    check_scalings(label, scalings(cfg.rank, cfg.alpha, dict(cfg.rank_pattern),
+                                   {k: float(v) for k, v in (raw.get("alpha_pattern") or {}).items()},
+                                   bool(raw.get("use_rslora"))))
+    check_values(label, path / WEIGHTS_NAME)
     cache = cache if cache is not None else FingerprintCache.default()
     base = base if base is not None else BaseFacts.read(registry.base_path, cache=cache)
     warnings = _check_base_and_engine(label, modules, cfg, base, engine, budget)
@@ -240,7 +246,9 @@ def _read_weights(label: str, path: Path, cfg: AdapterConfig, budget: MatchBudge
             raise AdapterError(f"{label}: {pickled[0]} is a pickle, which cannot be checked without running it; "
                                f"convert it to {WEIGHTS_NAME}", code="weights_format")
         raise AdapterError(f"{label}: {weights} not found", code="weights_missing")
-    modules, other = lora_modules(read_header(weights, label=label))
+    tensors = read_header(weights, label=label)
+    check_dtypes(label, {name: info.dtype for name, info in tensors.items()})
+    modules, other = lora_modules(tensors)
     if named := adapter_name_segments(other):
         example = next(n for n in other if adapter_name_segments([n]))
         raise AdapterError(
