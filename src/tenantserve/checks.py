@@ -38,6 +38,8 @@ class CheckReport:
     base_fingerprint: str | None
     max_lora_rank: int
     rows: tuple[CheckRow, ...]
+    #: Not failures (``ok`` ignores them): e.g. a tenant no request can reach (auth on, no usable key).
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -46,6 +48,15 @@ class CheckReport:
     def to_dict(self) -> dict:
         return {**{k: v for k, v in asdict(self).items() if k != "rows"}, "ok": self.ok,
                 "adapters": [asdict(r) for r in self.rows]}
+
+
+def keyless_tenants(registry: Registry) -> tuple[str, ...]:
+    """One warning per tenant with no unrevoked API key while ``security.auth`` is on (none when it is off). Pure."""
+    if not registry.security.auth:
+        return ()
+    return tuple(f"tenant '{t.id}' has no API key: with security.auth on, no request can reach it "
+                 f"(`tenantserve keys create {t.id}`)" for t in registry.tenants
+                 if not any(not key.revoked for key in t.api_keys))
 
 
 def check_registry(registry: Registry, *, cache: FingerprintCache | None = None) -> CheckReport:
@@ -66,7 +77,8 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
     if facts is None:
         rows = [CheckRow(tenant.id, spec.name, None, None, "-", "refused", "base_unusable",
                          "not checked: the base is not usable (see above)") for tenant, spec in registry.adapters()]
-        return CheckReport(head[0], head[1], head[2], head[3], _unjudged_rank(registry, knobs), tuple(rows))
+        return CheckReport(head[0], head[1], head[2], head[3], _unjudged_rank(registry, knobs), tuple(rows),
+                           keyless_tenants(registry))
     judged = admit_adapters(registry, facts, cache=cache)
     admitted = {spec.name: a for _, spec, a in judged.admitted}
     refused = {r.adapter: r for r in judged.refused}
@@ -81,7 +93,8 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
         match = "no" if r.code in ("base_mismatch", "base_conflict") else "-"
         rows.append(CheckRow(tenant.id, spec.name, _rank_or_none(registry, spec), _bytes_or_none(registry, spec),
                              match, "refused", r.code, r.message))
-    return CheckReport(head[0], head[1], head[2], head[3], judged.knobs.max_lora_rank, tuple(rows))
+    return CheckReport(head[0], head[1], head[2], head[3], judged.knobs.max_lora_rank, tuple(rows),
+                       keyless_tenants(registry))
 
 
 def _unjudged_rank(registry: Registry, knobs: ResolvedKnobs) -> int:

@@ -46,3 +46,5 @@ def _print(report: CheckReport, console: Console) -> None:
     refused = sum(r.verdict == "refused" for r in report.rows)
     console.print(f"{len(report.rows) - refused}/{len(report.rows)} adapters admitted (max_lora_rank "
                   f"{report.max_lora_rank}); {'OK' if report.ok else 'FAILED'}", highlight=False)
+    for warning in report.warnings:  # not failures: the exit code ignores them
+        console.print(f"[yellow]warning:[/] {warning}".replace("`", ""), highlight=False, soft_wrap=True)
