@@ -190,3 +190,34 @@ def test_a_crowded_folder_is_refused_without_walking_it_all(sidecar: SidecarThre
     for i in range(MAX_ENTRIES + 1):
         (crowded / f"f{i}").touch()
     _refused(sidecar, "acme", "crowded", 400, "too_many_files")
+
+
+def test_the_tenant_folder_itself_is_not_an_adapter_directory(sidecar: SidecarThread, adapters: Path) -> None:
+    """Red-team finding: '.' (or the folder's absolute path, or a link to it) was onboarded, and for the folder
+    itself the store copied without checking each opened file: a weights file swapped for a link to another
+    tenant's between the check and the copy got through. Now refused outright, and the copy checks every file."""
+    folder = adapters / "acme"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tenantserve-base.json"):
+        (folder / name).write_bytes((folder / "mine" / name).read_bytes())
+    (folder / "self").symlink_to(folder, target_is_directory=True)
+    for path in (".", str(folder), "self", "mine/.."):
+        _refused(sidecar, "acme", path, 400, "path_invalid")
+
+
+def test_the_store_copy_checks_files_in_the_tenant_folder_itself(tmp_path: Path) -> None:
+    """The second layer: a copy scoped to the tenant's folder refuses a file that resolves outside it, even when
+    the directory copied is the folder itself (what the check-then-copy race could reach)."""
+    from tenantserve.adapter_store import AdapterStore
+    from tenantserve.sidecar.content import ServedContent
+
+    root = tmp_path / "root"
+    (root / "acme").mkdir(parents=True)
+    (root / "globex").mkdir()
+    (root / "globex" / "w.safetensors").write_bytes(b"x" * 16)
+    content = ServedContent(AdapterStore(tmp_path / "store"), root)
+    assert content.scope("acme", root / "acme") == root / "acme"
+    (root / "acme" / "adapter_config.json").write_text("{}")
+    (root / "acme" / "adapter_model.safetensors").symlink_to(root / "globex" / "w.safetensors")
+    with pytest.raises(TenantserveError) as info:
+        content.store.put(root / "acme", label="adapter 'x'", inside=content.scope("acme", root / "acme"))
+    assert info.value.code == "path_escape"

@@ -43,8 +43,7 @@ class ServedContent:
         operator registered elsewhere (trusted: links there are followed, e.g. a hub cache)."""
         top = tenant_folder(self.adapters_root, tenant_id)
         real, root = os.path.realpath(folder), os.path.realpath(top)
-        inside = os.path.commonpath([real, root]) == root and real != root
-        return top if inside else None
+        return top if os.path.commonpath([real, root]) == root else None  # the folder itself too: checked on open
 
     def put(self, registry: Registry, tenant_id: str, adapter: AdapterSpec) -> StoredAdapter:
         """Copy a folder into the store for onboarding (blocking I/O: run it in a thread)."""

@@ -7,7 +7,8 @@ inside another tenant's registered adapter. The rule, applied by the sidecar bef
 - the adapter directory and every entry under it (``adapter_config.json``, ``adapter_model.safetensors``,
   ``tenantserve-base.json``, anything else vLLM might open), symlinks followed, resolve inside
   ``realpath(<root>/<tenant>)`` (else ``path_escape``: symlinks that stay inside are fine);
-- no two tenants' adapter directories are the same, or one inside the other (else 409 ``path_owned``).
+- no two tenants' adapter directories are the same, or one inside the other (else 409 ``path_owned``);
+- an adapter directory is a subfolder of the tenant's folder, never the folder itself (else ``path_invalid``).
 
 ``check`` is the pure core (paths already resolved); ``inspect`` is the one function that reads the disk.
 Adapters the operator wrote into the registry by hand outside the tenant's folder are trusted and not checked.
@@ -91,6 +92,9 @@ def check(label: str, layout: Layout, others: Iterable[tuple[str, str]]) -> None
         for name, real in layout.entries:
             if _within(real, theirs):
                 raise PathOwned(f"{label}: {name} resolves into {theirs}, registered to tenant {owner}")
+    if layout.directory == layout.folder:
+        raise AdapterError(f"{label}: {layout.directory} is the tenant's folder itself; an adapter lives in a "
+                           "subfolder of it (e.g. <root>/<tenant>/<adapter>)", code="path_invalid")
 
 
 def _within(path: str, top: str) -> bool:
