@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tenantserve.admission import BaseFacts, EngineLora, admit
-from tenantserve.errors import EngineError, TenantserveError
+from tenantserve.errors import AdapterError, EngineError, TenantserveError
 from tenantserve.registry import AdapterSpec, Registry, TenantSpec
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.content import ServedContent
@@ -154,8 +154,14 @@ class AdminService:
                     raise Conflict(f"adapter '{body.name}' is already registered (tenant {owner.id}, "
                                    f"path {registry.adapter_path(current)})", code="adapter_exists")
             await asyncio.to_thread(self._check_ownership, registry, tenant_id, spec, folder)
-            path, pinned = await asyncio.to_thread(self._admit_copy, registry, tenant_id,
-                                                   spec if registered is None else registered[1], registered is None)
+            try:
+                path, pinned = await asyncio.to_thread(self._admit_copy, registry, tenant_id,
+                                                       spec if registered is None else registered[1],
+                                                       registered is None)
+            except AdapterError as exc:
+                if exc.code == "base_undeclared":  # name the fixes in the operator's terms, not the store copy's
+                    raise self._undeclared(body.name, spec.path) from None
+                raise
             if pinned is not None:
                 spec = spec.model_copy(update={"fingerprint": pinned})
             status = await self._make_servable(tenant_id, body.name, path, persist=registered is None, spec=spec)
@@ -163,6 +169,14 @@ class AdminService:
                 self.content.loaded(body.name, registry.adapter_path(spec), path)
             outcome["result"] = "created" if registered is None else "unchanged"
             return status, registered is None
+
+    def _undeclared(self, name: str, folder: Path) -> AdapterError:
+        served = f" (the served base is {self.base.fingerprint.value})" if self.base is not None else ""
+        return AdapterError(
+            f"adapter '{name}' does not declare the base it was trained on: run `tenantserve stamp {folder} --base "
+            f"BASE_DIR` with its training base, or pass `--base-fingerprint sha256:...` to `tenantserve adapters add` "
+            f"(`base_fingerprint` in the API){served}, or `--allow-unverified-base` (`allow_unverified_base: true`) "
+            "to serve it anyway", code="base_undeclared")
 
     def _admit_copy(self, registry: Registry, tenant_id: str, spec: AdapterSpec, new: bool) -> tuple[str, str | None]:
         """Copy the folder into the adapter store and admit the copy: (the path to load, its fingerprint to pin).
@@ -224,7 +238,7 @@ class AdminService:
         tenant = self._tenant(registry, tenant_id)
         if registry.find_adapter(spec.name) is not None:
             raise Conflict(f"adapter '{spec.name}' was registered meanwhile", code="adapter_exists")
-        tenant.adapters.append(spec)
+        tenant.adapters.append(_relative(registry, spec))
 
     async def remove_adapter(self, tenant_id: str, name: str) -> OffboardView:
         async with self._operation("offboard_adapter"), self.store.lock(f"adapter:{name}"):
@@ -260,6 +274,16 @@ class AdminService:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.1)
+
+
+def _relative(registry: Registry, spec: AdapterSpec) -> AdapterSpec:
+    """The entry as written to the registry: its path relative to the registry file's directory, like hand-written
+    entries (``../adapters/hooli/sql-v1``), when that resolves back to exactly the same folder (no symlink on the
+    way); otherwise absolute."""
+    if not spec.path.is_absolute():
+        return spec
+    relative = Path(os.path.relpath(spec.path, registry.root))
+    return spec.model_copy(update={"path": relative}) if registry.resolve(relative) == spec.path else spec
 
 
 async def _best_effort(coro: object) -> None:
