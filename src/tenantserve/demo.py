@@ -31,6 +31,12 @@ from tenantserve.registry import Registry
 
 SLOT_COUNTERS = ("slot_hits", "slot_misses", "slot_evictions", "deferred_requests")
 
+#: Measured by scripts/bench_lora_delta.py on this kind of machine (BENCHMARKS.md, "CPU LoRA delta").
+ADAPTER_COST = ("what an adapter costs per step (CPU, Llama-2-7B widths, rank 16, measured by "
+                "scripts/bench_lora_delta.py): tenantserve's grouped LoRA delta adds 1.4-2.3% of a layer's base "
+                "matmul in float32 (0.3-0.6% in bf16) and nothing to base-only batches; vLLM 0.32's own CPU ops add "
+                "22-110%.")
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -124,6 +130,7 @@ class Demo:
                 self.console.print(f"[red]FAILED[/]: {failure}")
             return False
         self.console.print("[green]the lab's behaviours held: the adapter, not the prompt, carries the behaviour.[/]")
+        self.console.print(ADAPTER_COST)
         return True
 
     async def _experiments(self) -> None:
