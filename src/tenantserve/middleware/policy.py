@@ -231,6 +231,16 @@ def check_client_salt(data: Mapping[str, Any]) -> None:
                                "not contain '@', '/', '\\\\', or NUL.", param="cache_salt")
 
 
+def check_tenant_priority(data: Mapping[str, Any]) -> None:
+    """A tenant may not set its own scheduling ``priority`` (the operator's choice: with
+    ``--scheduling-policy priority`` a tenant sending -100 would jump every other tenant's queue); absent or 0 only."""
+    priority = data.get("priority")
+    if priority is None or (priority == 0 and not isinstance(priority, bool)):
+        return
+    raise InvalidParameter("Parameter 'priority' is set by the operator, not per request; leave it out",
+                           param="priority")
+
+
 def retry_after(typical_seconds: float | None, in_flight: int, rng: random.Random | None = None) -> int:
     """Seconds a refused (429) client should wait, for ``Retry-After``: about how long until one of the tenant's
     ``in_flight`` requests ends (its typical request duration, or 1 s before it has one, shared between them),
