@@ -6,6 +6,7 @@ distinct error, a header and ``GET /admin/registry`` on the admin API, a warning
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_readyz_is_200_with_an_engine_and_a_valid_registry(registry_file: Path) 
             assert anyone.get("/readyz").status_code == 503
 
 
-def test_readyz_with_a_token_needs_the_engine_to_prove_itself(write_registry, make_adapter) -> None:  # type: ignore[no-untyped-def]
+def test_readyz_with_a_token_needs_the_engine_to_prove_itself(write_registry: Callable[[dict], Path]) -> None:
     """With auth on, an answering engine that does not prove it holds the admin token is not ready."""
     path = write_registry({"version": 1, "base": {"name": "demo-base", "path": "base"},
                            "engine": {"max_loras": 2, "max_lora_rank": 8}, "tenants": [{"id": "acme"}]})
