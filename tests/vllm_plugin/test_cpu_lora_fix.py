@@ -100,12 +100,25 @@ def saved_vllm():
     cls = punica_cpu.PunicaWrapperCPU
     saved = {m: {n: getattr(m, n) for n in cpu_lora_fix.GROUPED} for m in (ops, package, punica_cpu)}
     methods = {n: cls.__dict__[n] for n in cpu_lora_fix.METHODS}
+    # vLLM as it ships: an earlier test in the session may have loaded the plugin (vLLM loads general plugins when
+    # its config/argument code runs), whose import hook then patched these on import
+    for module, fns in saved.items():
+        for name, fn in fns.items():
+            setattr(module, name, _unwrapped(fn))
+    for name, fn in methods.items():
+        setattr(cls, name, _unwrapped(fn))
     yield punica_cpu
     for module, fns in saved.items():
         for name, fn in fns.items():
             setattr(module, name, fn)
     for name, fn in methods.items():
         setattr(cls, name, fn)
+
+
+def _unwrapped(fn):  # type: ignore[no-untyped-def]
+    while is_wrapped(fn):
+        fn = fn.__wrapped__
+    return fn
 
 
 def test_install_patches_ops_and_punica_cpu_once(saved_vllm) -> None:
