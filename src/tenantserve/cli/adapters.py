@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tenantserve.cli.opsclient import AdminClient, SidecarCallError, url_option
+from tenantserve.cli.opsclient import AdminClient, url_option
 
 
 def _ms(seconds: float | None) -> str:
@@ -73,11 +73,9 @@ def add(url: str, tenant_id: str, name: str, path: str, base_fingerprint: str | 
 def remove(url: str, tenant_id: str, name: str) -> None:
     """Offboard: new requests for NAME are refused at once, requests in flight finish, then it leaves the registry.
     Like `add`, repeating it changes nothing: an adapter that is not registered is reported, exit 0."""
-    try:
-        r = AdminClient(url).call("DELETE", f"/admin/tenants/{quote(tenant_id)}/adapters/{quote(name, safe='@')}")
-    except SidecarCallError as exc:
-        if exc.code != "adapter_not_found":
-            raise
+    r = AdminClient(url).delete(f"/admin/tenants/{quote(tenant_id)}/adapters/{quote(name, safe='@')}",
+                                missing="adapter_not_found")
+    if r is None:
         click.echo(f"adapter {name} (tenant {tenant_id}): not registered, nothing to remove")
         return
     drained = "drained" if r["drained"] else "drain timed out (requests may still be finishing)"

@@ -63,6 +63,16 @@ class AdminClient:
         """The answer's JSON; a ``SidecarCallError`` for any refusal (exit 2) or failure (exit 3)."""
         return self.request(method, path, body)[1]
 
+    def delete(self, path: str, *, missing: str) -> Any | None:
+        """DELETE ``path``; None when the sidecar answers with the code ``missing`` (nothing to remove: removing is
+        as idempotent as adding), else the answer's JSON. Other refusals raise like ``call``."""
+        try:
+            return self.call("DELETE", path)
+        except SidecarCallError as exc:
+            if exc.code != missing:
+                raise
+            return None
+
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
         """(HTTP status, JSON) of a successful call; raises like ``call``."""
         try:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tenantserve.cli.adapters import warn_registry_error
-from tenantserve.cli.opsclient import AdminClient, SidecarCallError, url_option
+from tenantserve.cli.opsclient import AdminClient, url_option
 
 
 @click.group("tenants")
@@ -46,11 +46,8 @@ def add(url: str, tenant_id: str, no_base: bool) -> None:
 def remove(url: str, tenant_id: str) -> None:
     """Offboard a tenant: each adapter is drained and unloaded, then the tenant leaves the registry.
     Like `add`, repeating it changes nothing: a tenant that is not registered is reported, exit 0."""
-    try:
-        results = AdminClient(url).call("DELETE", f"/admin/tenants/{quote(tenant_id)}")
-    except SidecarCallError as exc:
-        if exc.code != "tenant_not_found":
-            raise
+    results = AdminClient(url).delete(f"/admin/tenants/{quote(tenant_id)}", missing="tenant_not_found")
+    if results is None:
         click.echo(f"tenant {tenant_id}: not registered, nothing to remove")
         return
     for r in results:
