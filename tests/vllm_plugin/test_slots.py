@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from tenantserve.metrics import EngineMetrics
 from tenantserve.vllm_plugin import slots
 from tenantserve.vllm_plugin.labels import WARMUP_PATH, AdapterLabels
+from tenantserve.vllm_plugin.patching import is_wrapped
 from tenantserve.vllm_plugin.slots import SlotSnapshot, classify
 
 wm = pytest.importorskip("vllm.lora.worker_manager")
@@ -39,6 +40,19 @@ class _ModelManager(mm.LRUCacheLoRAModelManager):
         pass
 
 
+def _as_shipped(cls: type) -> type:
+    """vLLM's methods as it ships them, even when an earlier test in the session loaded vLLM's general plugins in
+    this process (the tenantserve plugin's import hook then wrapped them on vLLM's own class)."""
+    for klass in cls.__mro__[1:]:
+        for name, value in list(vars(klass).items()):
+            if is_wrapped(value) and name not in vars(cls):
+                while is_wrapped(value):
+                    value = value.__wrapped__
+                setattr(cls, name, value)
+    return cls
+
+
+@_as_shipped
 class _WorkerManager(wm.LRUCacheWorkerLoRAManager):
     def _load_adapter(self, lora_request: LoRARequest) -> object:
         return SimpleNamespace(id=lora_request.lora_int_id)

@@ -2,7 +2,7 @@
 
 The sidecar is real (uvicorn in a thread) and talks to the real secured engine with the admin token. Its registry is
 a separate file holding only a ``fuzz`` tenant, so generated offboard calls can never unload the other tests'
-adapters; runs last in this package (file order) all the same.
+adapters; the package's conftest runs it last all the same (its POST /admin/reconcile unloads what its registry lacks).
 """
 
 from __future__ import annotations
