@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from tenantserve import identity
 from tenantserve.middleware import adapter_guard
+from tenantserve.middleware.body import json_object
 from tenantserve.middleware.errors import (
     AccessError,
     BadBody,
@@ -72,8 +73,6 @@ SALT_SECRET_ENV = "TENANTSERVE_CACHE_SALT_SECRET"
 #: Metric label placeholders (reserved tenant ids, see registry.RESERVED_TENANT_IDS).
 ANONYMOUS_LABEL = "anonymous"
 OTHER_LABEL = "other"
-#: Deepest JSON nesting a tenant body may have (tool schemas need a few levels; 100,000 crashed vLLM's parser).
-MAX_JSON_DEPTH = 64
 #: The one field a tenant's model card keeps (OpenAI's; vLLM adds ``root``, a server path, and ``parent``).
 MODEL_CARD_FIELDS = ("id", "object", "created", "owned_by")
 IDENTITY_MAX_BODY = 1024
@@ -147,7 +146,7 @@ class TenantMiddleware:
                 model = model_card_id(scope["path"])
             if route is Route.INFERENCE and caller is not None:
                 body = await _read_body(scope, receive, view.max_body_bytes)
-                data = _json_object(body)
+                data = json_object(body)
                 model = view.check_model(caller, data.get("model"))
                 if caller is not ADMIN:
                     check_tenant_priority(data)
@@ -195,7 +194,7 @@ class TenantMiddleware:
         token = self.environ.get(view.admin_token_env)
         if not token:
             raise IdentityUnavailable("the identity challenge is disabled: no admin token is configured")
-        data = _json_object(await _read_body(scope, receive, IDENTITY_MAX_BODY))
+        data = json_object(await _read_body(scope, receive, IDENTITY_MAX_BODY))
         nonce = data.get("nonce")
         if set(data) != {"nonce"} or not identity.valid_nonce(nonce):
             raise BadBody('send {"nonce": "<64 lowercase hex characters>"}')
@@ -315,54 +314,6 @@ async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _json_object(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
-    """The body as a JSON object; ``BadBody`` (400 invalid_json) for anything else: nesting deeper than
-    ``max_depth`` (Python's parser raises RecursionError near 1,000 levels), ``NaN``/``Infinity`` (not JSON, and
-    vLLM lets some through, e.g. in ``logit_bias``), and strings with a lone UTF-16 surrogate (``"\\ud800"``: valid
-    JSON escapes, but not text; vLLM's tokenizer fails on them with a 500)."""
-    try:
-        data = json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise BadBody("request body is not valid JSON") from None
-    except RecursionError:
-        raise BadBody(f"request body is nested deeper than {max_depth} levels") from None
-    if not isinstance(data, dict):
-        raise BadBody("request body must be a JSON object")
-    if problem := _structure_problem(data, max_depth):
-        raise BadBody(problem)
-    return data
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _structure_problem(data: object, limit: int) -> str | None:
-    """Why a decoded body cannot be passed on (too deep, or a string that is not valid Unicode), or None."""
-    stack: list[tuple[object, int]] = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit and isinstance(node, dict | list):
-            return f"request body is nested deeper than {limit} levels"
-        if isinstance(node, str):
-            if not _is_text(node):
-                return "request body holds a string that is not valid Unicode (a lone surrogate escape)"
-        elif isinstance(node, dict):
-            stack.extend((k, depth) for k in node)
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-    return None
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _reserialized(data: dict[str, Any], scope: Scope) -> tuple[bytes, Scope]:

@@ -226,12 +226,17 @@ class Reconciler:
         if lock.locked():
             return 0
         async with lock, sem:
-            try:
-                await self.engine.unload(name)
-            except TenantserveError as exc:
-                self.status.last_error = str(exc)
-                return 1
-            return 0
+            return await self._unload_noting_errors(name)
+
+    async def _unload_noting_errors(self, name: str) -> int:
+        """Unload ``name``: 0, or 1 with the error noted in the status when the engine refuses (errors are counted
+        per pass)."""
+        try:
+            await self.engine.unload(name)
+        except TenantserveError as exc:
+            self.status.last_error = str(exc)
+            return 1
+        return 0
 
     async def _fresh(self, ctx: _PassContext) -> Registry:
         """The registry to decide with: re-read if an admin operation wrote it since this pass read it."""
@@ -247,12 +252,7 @@ class Reconciler:
         async with lock, sem:
             if (await self._fresh(ctx)).find_adapter(name) is not None:
                 return 0
-            try:
-                await self.engine.unload(name)
-            except TenantserveError as exc:
-                self.status.last_error = str(exc)
-                return 1
-            return 0
+            return await self._unload_noting_errors(name)
 
     async def _load(self, name: str, ctx: _PassContext, sem: asyncio.Semaphore, *, replace: bool) -> int:
         lock = self.store.lock(f"adapter:{name}")
