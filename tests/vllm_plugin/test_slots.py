@@ -60,6 +60,7 @@ class _WorkerManager(wm.LRUCacheWorkerLoRAManager):
 
 def make_worker(max_loras: int, max_cpu_loras: int) -> _WorkerManager:
     """vLLM's managers without a model: the constructors need one, so the LRU state is set up by hand."""
+    _as_shipped(_WorkerManager)  # again: the plugin may have been loaded (and patched vLLM) since the class was made
     model = object.__new__(_ModelManager)
     model.lora_config = SimpleNamespace(max_loras=max_loras, max_cpu_loras=max_cpu_loras)
     model._registered_adapters = mm.AdapterLRUCache(max_cpu_loras, model.deactivate_adapter)
@@ -75,6 +76,8 @@ def make_worker(max_loras: int, max_cpu_loras: int) -> _WorkerManager:
 def counted() -> tuple[CollectorRegistry, type]:
     registry = CollectorRegistry()
     recorder = slots.SlotRecorder(EngineMetrics.create(registry), AdapterLabels(frozenset({"a", "b", "c"})))
+
+    _as_shipped(_WorkerManager)
 
     class Worker(_WorkerManager):  # a fresh subclass per test: install() patches the class it is given
         pass
