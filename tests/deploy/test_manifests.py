@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tests.conftest import ROOT
 
 K8S = ROOT / "deploy" / "kubernetes"

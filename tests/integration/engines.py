@@ -13,11 +13,11 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from tenantserve.demo import free_port
+from tenantserve.demo.run import free_port
+from tenantserve.engine.launch import plan_launch
 from tenantserve.engine.process import EngineProcess
-from tenantserve.keys import issue_key
-from tenantserve.launcher import plan_launch
-from tenantserve.registry import Registry
+from tenantserve.registry.keys import issue_key
+from tenantserve.registry.schema import Registry
 from tests.conftest import DEFAULT_REGISTRY
 
 

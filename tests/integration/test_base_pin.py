@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tenantserve.adapters import write_stamp
+from tenantserve.admission.adapter_dir import write_stamp
+from tenantserve.admission.fingerprint import fingerprint
 from tenantserve.errors import BaseModelError
-from tenantserve.fingerprint import fingerprint
 from tests.conftest import EMBEDDED
 from tests.integration.engines import copy_registry, start_engine
 from tests.lora_corpus import flip_byte, make_adapter, make_base

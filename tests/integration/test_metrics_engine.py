@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tenantserve import embedded
-from tenantserve.metrics import per_label
+from tenantserve.demo import embedded
+from tenantserve.vllm_plugin.metrics import per_label
 from tests.integration.engines import RunningEngine
 
 COUNTERS = ("slot_hits", "slot_misses", "slot_evictions", "cpu_cache_hits", "disk_loads", "defers",

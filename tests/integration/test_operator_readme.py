@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tenantserve.demo import free_port
-from tenantserve.runstate import read_state, state_path
+from tenantserve.demo.run import free_port
+from tenantserve.engine.runstate import read_state, state_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

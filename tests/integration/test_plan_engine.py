@@ -8,7 +8,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from tenantserve.cli.plan import command
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tests.conftest import DEFAULT_REGISTRY
 
 

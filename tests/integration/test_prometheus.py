@@ -21,8 +21,8 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tenantserve import embedded
-from tenantserve.demo import free_port
+from tenantserve.demo import embedded
+from tenantserve.demo.run import free_port
 from tests.conftest import ROOT
 from tests.integration.engines import RunningEngine, copy_secured_registry, start_engine
 from tests.integration.test_metrics_engine import queue_in_order

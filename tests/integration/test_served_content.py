@@ -19,11 +19,11 @@ import httpx
 import openai
 import pytest
 
-from tenantserve import embedded
-from tenantserve.adapter_store import AdapterStore
-from tenantserve.fingerprint import fingerprint
-from tenantserve.metrics import per_label
-from tenantserve.registry import Registry
+from tenantserve.admission.fingerprint import fingerprint
+from tenantserve.admission.store import AdapterStore
+from tenantserve.demo import embedded
+from tenantserve.registry.schema import Registry
+from tenantserve.vllm_plugin.metrics import per_label
 from tests.conftest import EMBEDDED
 from tests.integration.engines import RunningEngine, copy_registry, start_engine
 from tests.sidecar.serving import SidecarThread

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tenantserve import embedded
+from tenantserve.demo import embedded
 from tests.integration.engines import RunningEngine
 
 

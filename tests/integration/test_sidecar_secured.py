@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tenantserve import embedded
-from tenantserve.fingerprint import fingerprint
+from tenantserve.admission.fingerprint import fingerprint
+from tenantserve.demo import embedded
 from tests.conftest import EMBEDDED
 from tests.integration.engines import RunningEngine, copy_secured_registry, start_engine
 from tests.sidecar.serving import SidecarThread

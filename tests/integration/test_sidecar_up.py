@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from tenantserve import embedded
-from tenantserve.demo import free_port
-from tenantserve.fingerprint import fingerprint
-from tenantserve.registry import Registry
-from tenantserve.runstate import read_state, state_path
+from tenantserve.admission.fingerprint import fingerprint
+from tenantserve.demo import embedded
+from tenantserve.demo.run import free_port
+from tenantserve.engine.runstate import read_state, state_path
+from tenantserve.registry.schema import Registry
 from tests.conftest import EMBEDDED
 from tests.integration.engines import copy_registry
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tenantserve.registry import Registry
-from tenantserve.simengine import EngineRun, against_engine
-from tenantserve.simtrace import SHAPES, Traffic, generate
+from tenantserve.planning.replay import EngineRun, against_engine
+from tenantserve.planning.trace import SHAPES, Traffic, generate
+from tenantserve.registry.schema import Registry
 from tests.conftest import DEFAULT_REGISTRY
 
 

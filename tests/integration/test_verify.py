@@ -17,9 +17,9 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from tenantserve import embedded
 from tenantserve.cli import main
-from tenantserve.registry import Registry
+from tenantserve.demo import embedded
+from tenantserve.registry.schema import Registry
 from tests.conftest import DEFAULT_REGISTRY, EMBEDDED, ROOT
 from tests.integration.engines import RunningEngine, copy_registry, copy_secured_registry, start_engine
 
@@ -71,7 +71,7 @@ def test_bad_input_is_one_line_and_exit_2(engine: RunningEngine, tmp_path: Path)
 
 
 def test_unreachable_engine_is_exit_3(tmp_path: Path) -> None:
-    from tenantserve.demo import free_port
+    from tenantserve.demo.run import free_port
 
     result, _ = run_verify("--adapter", "sql", "--registry", str(DEFAULT_REGISTRY),
                            "--engine-url", f"http://127.0.0.1:{free_port()}")

@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
-from tenantserve.keys import issue_key
 from tenantserve.middleware import TenantMiddleware
-from tenantserve.registry import AdapterSpec, BaseSpec, Registry, TenantSpec
+from tenantserve.registry.keys import issue_key
+from tenantserve.registry.schema import AdapterSpec, BaseSpec, Registry, TenantSpec
 
 ADMIN_TOKEN = "admin-secret-token"
 METRICS_TOKEN = "metrics-secret-token"

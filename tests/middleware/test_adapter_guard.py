@@ -23,6 +23,22 @@ def _serving_with(names: list[str]):
     return module, serving
 
 
+def _as_shipped(root: type) -> None:
+    """vLLM's selection methods as shipped, on ``root`` and every subclass: an earlier test in this process may have
+    loaded vLLM's general plugins, and tenantserve's plugin installs the guard."""
+    classes, seen = [root], set()
+    while classes:
+        cls = classes.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        classes.extend(cls.__subclasses__())
+        for name in ("_maybe_get_adapters", "_get_active_default_mm_loras"):
+            method = cls.__dict__.get(name)
+            if method is not None and hasattr(method, "__wrapped__"):
+                setattr(cls, name, method.__wrapped__)
+
+
 def _chat(part_type: str, model: str | None = "base") -> SimpleNamespace:
     part = {"type": part_type, "uuid": "u1", "tool_reference": 1, "name": "List 3 fruits:"}
     return SimpleNamespace(model=model, messages=[{"role": "user", "content": [part]}])
@@ -30,8 +46,8 @@ def _chat(part_type: str, model: str | None = "base") -> SimpleNamespace:
 
 def test_vllm_alone_picks_an_adapter_by_content_part_type_and_the_guard_stops_it() -> None:
     module, serving = _serving_with(["pirate", "text"])
-    select = module.BaseServing._maybe_get_adapters
-    original = getattr(select, "__wrapped__", select)
+    _as_shipped(module.BaseServing)
+    original = module.BaseServing._maybe_get_adapters
     # the hole, on vLLM's own code (unwrapped): a part typed like another tenant's adapter picks it
     assert original(serving, _chat("pirate"), supports_default_mm_loras=True).lora_name == "pirate"
     assert original(serving, _chat("text_x"), True).lora_name == "text"

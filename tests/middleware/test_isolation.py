@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
-from tenantserve import identity
+from tenantserve.engine import identity
 from tenantserve.middleware import TenantMiddleware
 from tenantserve.middleware.asgi import SALT_SECRET_ENV, salted_paths
 from tenantserve.middleware.errors import InvalidParameter, TooManySequences

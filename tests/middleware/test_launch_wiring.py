@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.launcher import TENANT_MIDDLEWARE, plan_launch
+from tenantserve.engine.launch import TENANT_MIDDLEWARE, plan_launch
 from tenantserve.middleware import MIDDLEWARE_PATH
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tests.conftest import DEFAULT_REGISTRY, EMBEDDED
 from tests.integration.engines import copy_registry
 
@@ -21,7 +21,7 @@ def _middleware_args(argv: list[str]) -> list[str]:
 
 def _copy(tmp_path: Path, *, auth: bool | None = None) -> Path:
     """The demo registry, its security section as shipped unless ``auth`` says otherwise. Admission of the adapters'
-    declared base is another test's business (tests/test_check_cli.py): it is waived here."""
+    declared base is another test's business (tests/cli/test_check_cli.py): it is waived here."""
     path = copy_registry(tmp_path / "r.yaml")
     reg = Registry.load(path)
     for _, adapter in reg.adapters():

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tenantserve.keys import issue_key, list_keys, revoke_key
 from tenantserve.middleware.errors import RegistryUnavailable
 from tenantserve.middleware.watch import RegistryWatcher
-from tenantserve.registry import AdapterSpec
+from tenantserve.registry.keys import issue_key, list_keys, revoke_key
+from tenantserve.registry.schema import AdapterSpec
 from tests.middleware.conftest import ENV, World, bearer
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.demo import free_port
+from tenantserve.demo.run import free_port
 from tests.sidecar.serving import SidecarThread
 
 

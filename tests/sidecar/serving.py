@@ -10,7 +10,7 @@ import httpx
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from tenantserve.demo import free_port
+from tenantserve.demo.run import free_port
 from tenantserve.sidecar.app import create_app
 from tenantserve.sidecar.config import SidecarConfig
 

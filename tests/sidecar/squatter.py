@@ -10,7 +10,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tenantserve import identity
+from tenantserve.engine import identity
 
 
 class Squatter:

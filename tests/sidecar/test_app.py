@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tests.sidecar.serving import SidecarThread
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from tenantserve.checks import keyless_tenants
+from tenantserve.admission.report import keyless_tenants
 from tenantserve.cli import main
-from tenantserve.keys import issue_key
-from tenantserve.registry import Registry
+from tenantserve.registry.keys import issue_key
+from tenantserve.registry.schema import Registry
 
 
 def _registry(write_registry: Callable[[dict], Path], auth: bool) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from tenantserve.cli import main
-from tenantserve.demo import free_port
+from tenantserve.demo.run import free_port
 from tests.sidecar.serving import TOKEN, SidecarThread
 
 
@@ -57,7 +57,7 @@ def test_client_commands_find_the_sidecar_up_started(sidecar: SidecarThread, tmp
     """`up` writes a state file beside the registry; with no --url the CLI uses it (a dead pid's file is ignored)."""
     import os
 
-    from tenantserve.runstate import RunState, read_state, remove_state, write_state
+    from tenantserve.engine.runstate import RunState, read_state, remove_state, write_state
 
     registry = tmp_path / "elsewhere" / "adapters.yaml"  # the state file is found by the registry's path only
     registry.parent.mkdir()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.adapter_store import AdapterStore
+from tenantserve.admission.fingerprint_cache import FingerprintCache
+from tenantserve.admission.store import AdapterStore
 from tenantserve.errors import AdapterError
-from tenantserve.fpcache import FingerprintCache
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tenantserve.sidecar.content import ServedContent
 from tests.lora_corpus import flip_byte, make_adapter
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tenantserve.demo import free_port
+from tenantserve.demo.run import free_port
 from tests.sidecar.serving import TOKEN, SidecarThread
 
 REMOTE = {"X-Forwarded-For": "198.51.100.7"}

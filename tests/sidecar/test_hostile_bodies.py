@@ -4,6 +4,7 @@ gets a 4xx in the sidecar's error shape, no 500, no traceback, and changes nothi
 from __future__ import annotations
 
 import logging
+
 import httpx
 import pytest
 

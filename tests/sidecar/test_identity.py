@@ -1,4 +1,4 @@
-"""The admin token goes only to a server that proved it is this engine (``tenantserve.identity``).
+"""The admin token goes only to a server that proved it is this engine (``tenantserve.engine.identity``).
 
 The "engines" here are tiny local HTTP servers that record every header (tests/sidecar/squatter.py): a program on
 the engine's port must never see the token, whatever it answers; the real middleware's side is tested against the

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tenantserve.errors import TenantserveError
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tenantserve.sidecar.ownership import Layout, check, inspect, requested_dir, tenant_folder
 from tests.sidecar.serving import SidecarThread
 
@@ -207,7 +207,7 @@ def test_the_tenant_folder_itself_is_not_an_adapter_directory(sidecar: SidecarTh
 def test_the_store_copy_checks_files_in_the_tenant_folder_itself(tmp_path: Path) -> None:
     """The second layer: a copy scoped to the tenant's folder refuses a file that resolves outside it, even when
     the directory copied is the folder itself (what the check-then-copy race could reach)."""
-    from tenantserve.adapter_store import AdapterStore
+    from tenantserve.admission.store import AdapterStore
     from tenantserve.sidecar.content import ServedContent
 
     root = tmp_path / "root"

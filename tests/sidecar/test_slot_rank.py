@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tenantserve.launcher import derive_max_lora_rank
-from tenantserve.registry import Registry
+from tenantserve.engine.launch import derive_max_lora_rank
+from tenantserve.registry.schema import Registry
 from tenantserve.sidecar.app import slot_rank
 
 

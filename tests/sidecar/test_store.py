@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tenantserve.errors import RegistryError
-from tenantserve.registry import AdapterSpec, Registry, TenantSpec
+from tenantserve.registry.schema import AdapterSpec, Registry, TenantSpec
 from tenantserve.sidecar.store import RegistryStore
 
 
@@ -54,7 +54,7 @@ def test_concurrent_changes_are_all_kept(registry_file: Path) -> None:
 _WRITER = """
 import asyncio, sys
 from pathlib import Path
-from tenantserve.registry import AdapterSpec, TenantSpec
+from tenantserve.registry.schema import AdapterSpec, TenantSpec
 from tenantserve.sidecar.store import RegistryStore
 store = RegistryStore(Path(sys.argv[1]))
 async def main():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.demo import free_port
+from tenantserve.demo.run import free_port
 from tenantserve.engine.process import PortInUse, check_port_free
 from tests.integration.engines import copy_registry
 from tests.sidecar.squatter import Squatter

@@ -1,6 +1,12 @@
 import pytest
 
-from tenantserve.verify.compare import FLOAT32_TOLERANCE, HALF_TOLERANCE, Generation, compare, default_tolerance
+from tenantserve.verify.compare import (
+    FLOAT32_TOLERANCE,
+    HALF_TOLERANCE,
+    Generation,
+    compare,
+    default_tolerance,
+)
 
 
 def gen(tokens: list[int], tops: list[dict[int, float]], prompt: list[int] | None = None) -> Generation:

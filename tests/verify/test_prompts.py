@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.verify.prompts import DEFAULT_MAX_TOKENS, PromptCase, PromptsError, load_prompts, parse_prompts
+from tenantserve.verify.prompts import (
+    DEFAULT_MAX_TOKENS,
+    PromptCase,
+    PromptsError,
+    load_prompts,
+    parse_prompts,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

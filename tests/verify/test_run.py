@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tenantserve.verify.prompts import PromptsError
 from tenantserve.verify.run import VerifyRequest, companions_for, resolve_prompts
 from tests.conftest import DEFAULT_REGISTRY

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tenantserve.metrics import EngineMetrics
 from tenantserve.vllm_plugin import defers
-from tenantserve.vllm_plugin.defers import Skipped, SkipLog, slot_deferred
+from tenantserve.vllm_plugin.defers import SkipLog, Skipped, slot_deferred
 from tenantserve.vllm_plugin.labels import AdapterLabels
+from tenantserve.vllm_plugin.metrics import EngineMetrics
 
 
 class Req:

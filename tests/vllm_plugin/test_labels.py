@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from tenantserve.metrics import EngineMetrics
 from tenantserve.vllm_plugin.labels import WARMUP_PATH, AdapterLabels, file_id, read_registry_names
+from tenantserve.vllm_plugin.metrics import EngineMetrics
 
 
 def test_known_kept_unknown_other_warmup_excluded() -> None:

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tenantserve.metrics import EngineMetrics
 from tenantserve.vllm_plugin import slots
 from tenantserve.vllm_plugin.labels import WARMUP_PATH, AdapterLabels
+from tenantserve.vllm_plugin.metrics import EngineMetrics
 from tenantserve.vllm_plugin.patching import is_wrapped
 from tenantserve.vllm_plugin.slots import SlotSnapshot, classify
 

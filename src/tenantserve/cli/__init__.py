@@ -34,8 +34,21 @@ def main() -> None:
 
 
 def _register() -> None:
-    from tenantserve.cli import (adapters, check, demo, fingerprint, keys, launch, plan, sidecar, simulate, stamp, tenants,
-                                 up, verify)
+    from tenantserve.cli import (
+        adapters,
+        check,
+        demo,
+        fingerprint,
+        keys,
+        launch,
+        plan,
+        sidecar,
+        simulate,
+        stamp,
+        tenants,
+        up,
+        verify,
+    )
 
     for module in (launch, demo, check, fingerprint, stamp, sidecar, up, tenants, adapters, keys, simulate, plan,
                    verify):

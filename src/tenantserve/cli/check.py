@@ -10,9 +10,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tenantserve.checks import CheckReport, check_registry
+from tenantserve.admission.report import CheckReport, check_registry
 from tenantserve.cli.options import registry_option
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 
 _STYLE = {"ok": "green", "warn": "yellow", "refused": "red"}
 

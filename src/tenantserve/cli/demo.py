@@ -10,8 +10,8 @@ import click
 from rich.console import Console
 
 from tenantserve.cli.options import registry_option
-from tenantserve.demo import Demo, demo_api_key, free_port
-from tenantserve.registry import Registry
+from tenantserve.demo.run import Demo, demo_api_key, free_port
+from tenantserve.registry.schema import Registry
 from tenantserve.settings import Settings
 
 

@@ -10,11 +10,11 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from tenantserve.basemodel import pin_registry_text
+from tenantserve.admission.fingerprint import Fingerprint, fingerprint, model_files
+from tenantserve.admission.fingerprint_cache import FingerprintCache
+from tenantserve.admission.served_base import pin_registry_text
 from tenantserve.errors import FingerprintError, TenantserveError
-from tenantserve.fingerprint import Fingerprint, fingerprint, model_files
-from tenantserve.fpcache import FingerprintCache
-from tenantserve.registry import Registry, RegistryLock, atomic_write_text
+from tenantserve.registry.schema import Registry, RegistryLock, atomic_write_text
 
 
 @click.command("fingerprint")

@@ -2,7 +2,7 @@
 the registry's file lock, so a sidecar writing at the same moment loses nothing).
 
 A running engine's middleware re-reads the registry within about a second, so a new or revoked key applies without
-a restart. The sidecar's ``/admin/tenants/{id}/keys`` does the same through the same functions (tenantserve.keys).
+a restart. The sidecar's ``/admin/tenants/{id}/keys`` does the same through the same functions (tenantserve.registry.keys).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import click
 
 from tenantserve.cli.options import registry_option
 from tenantserve.errors import RegistryError
-from tenantserve.keys import find_tenant, issue_key, list_keys, revoke_key
-from tenantserve.registry import Registry, RegistryLock
+from tenantserve.registry.keys import find_tenant, issue_key, list_keys, revoke_key
+from tenantserve.registry.schema import Registry, RegistryLock
 
 tenant_option = click.option("--tenant", "tenant_id", required=True, help="Tenant id, as in the registry.")
 

@@ -7,8 +7,8 @@ from typing import Any
 import click
 import httpx
 
+from tenantserve.engine.runstate import read_state
 from tenantserve.errors import TenantserveError
-from tenantserve.runstate import read_state
 from tenantserve.settings import Settings
 
 

@@ -8,11 +8,21 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tenantserve.adapters import bytes_on_disk
-from tenantserve.memory import (GIB, LLAMA2_7B_BYTES, LinearShapes, adapter_bills, adapter_bytes, human_bytes,
-                                llama2_7b_shapes, registry_plan_values, slot_bytes)
-from tenantserve.plan import PlanInput, choose_inputs, make_plan
-from tenantserve.registry import Registry
+from tenantserve.admission.adapter_dir import bytes_on_disk
+from tenantserve.planning.memory import (
+    GIB,
+    LLAMA2_7B_BYTES,
+    LinearShapes,
+    adapter_bills,
+    adapter_bytes,
+    human_bytes,
+    llama2_7b_shapes,
+    registry_plan_values,
+    slot_bytes,
+)
+from tenantserve.planning.plan import PlanInput, choose_inputs, make_plan
+from tenantserve.registry.schema import Registry
+
 
 @click.command("plan")
 @click.option("--registry", "registry_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -88,7 +98,7 @@ def command(registry_path: Path | None, tenants: int | None, tenants_per_engine:
 
 def _measured(console: Console, registry_path: Path, shapes: LinearShapes, values: dict[str, object]) -> bool:
     """The engine's own LoRA tensors beside the formula (the registry's knobs, not the options)."""
-    from tenantserve.memprobe import run_probe
+    from tenantserve.planning.memprobe import run_probe
 
     console.print("Starting vLLM offline to read its LoRA tensors (30-45 s, more on a busy machine) ...")
     got = run_probe(str(registry_path))

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from tenantserve.cli.options import registry_option
 from tenantserve.errors import TenantserveError
-from tenantserve.simtrace import SHAPES, Traffic, dump_trace, generate, load_trace
-from tenantserve.simulate import Engine, Request, simulate_requests
+from tenantserve.planning.simulate import Engine, Request, simulate_requests
+from tenantserve.planning.trace import SHAPES, Traffic, dump_trace, generate, load_trace
 
 #: Defaults per mode: the lab's question (40 tenants, 8 slots), or a small engine where adapters contend.
 LAB = {"adapters": 40, "max_loras": 8, "max_num_seqs": 64, "rate": 0.1, "tokens": 64, "min_tokens": None,
@@ -128,8 +128,8 @@ def _simulated(console: Console, engine: Engine, adapters: int, traces: list[tup
 
 def _against_engine(console: Console, registry_path: Path, v: dict,
                     traces: list[tuple[str, list[Request]]]) -> bool:
-    from tenantserve.registry import Registry
-    from tenantserve.simengine import HIT_RATE_POINTS, RELATIVE, EngineRun, against_engine
+    from tenantserve.planning.replay import HIT_RATE_POINTS, RELATIVE, EngineRun, against_engine
+    from tenantserve.registry.schema import Registry
 
     run = EngineRun(adapters=v["adapters"], max_loras=v["max_loras"], max_num_seqs=v["max_num_seqs"])
     source = Registry.load(registry_path)
@@ -162,7 +162,7 @@ def _against_engine(console: Console, registry_path: Path, v: dict,
 
 def _plot(console: Console, path: Path, v: dict, zipf: float, seed: int) -> None:
     try:
-        from tenantserve.simplot import plot_sweep, sweep
+        from tenantserve.planning.plot import plot_sweep, sweep
     except ImportError as exc:
         raise TenantserveError(f"--plot needs matplotlib ({exc}): pip install -e '.[dev]'") from None
     data = sweep(adapters=v["adapters"], zipf=zipf, rate=v["rate"], tokens=v["tokens"], min_tokens=v["min_tokens"],

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from tenantserve.adapters import write_stamp
+from tenantserve.admission.adapter_dir import write_stamp
+from tenantserve.admission.fingerprint import fingerprint
+from tenantserve.admission.fingerprint_cache import FingerprintCache
 from tenantserve.errors import FingerprintError
-from tenantserve.fingerprint import fingerprint
-from tenantserve.fpcache import FingerprintCache
 
 
 @click.command("stamp")

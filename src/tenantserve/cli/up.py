@@ -9,9 +9,9 @@ import click
 
 from tenantserve.cli.options import host_option, port_option, registry_option
 from tenantserve.cli.sidecar import adapters_root_option, insecure_option
+from tenantserve.engine.launch import plan_launch
 from tenantserve.engine.process import check_port_free
-from tenantserve.launcher import plan_launch
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tenantserve.settings import Settings
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.together import run_together

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tenantserve.errors import RegistryError
-from tenantserve.registry import ALLOWED_LORA_RANKS
+from tenantserve.registry.schema import ALLOWED_LORA_RANKS
 
 Kind = Literal["int", "optint", "rank", "dtype", "modules", "bool", "text"]
 
 #: vLLM 0.32's LoRA flags (vllm/engine/arg_utils.py, group "LoRAConfig") -> (knob, kind). Booleans also take
-#: ``--no-<flag>``. ``tests/test_launch_extra_args.py`` compares this table with vLLM's own parser.
+#: ``--no-<flag>``. ``tests/engine/test_launch_extra_args.py`` compares this table with vLLM's own parser.
 LORA_FLAGS: dict[str, tuple[str, Kind]] = {
     "--enable-lora": ("enable_lora", "bool"),
     "--max-loras": ("max_loras", "int"),

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
+from tenantserve.engine.launch import LaunchPlan
 from tenantserve.errors import EngineError
-from tenantserve.launcher import LaunchPlan
-from tenantserve.metrics import MULTIPROC_ENV, make_multiproc_dir
+from tenantserve.vllm_plugin.metrics import MULTIPROC_ENV, make_multiproc_dir
 
 
 class PortInUse(EngineError):

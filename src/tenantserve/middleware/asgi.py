@@ -31,7 +31,7 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from tenantserve import identity
+from tenantserve.engine import identity
 from tenantserve.middleware import adapter_guard
 from tenantserve.middleware.body import json_object
 from tenantserve.middleware.errors import (

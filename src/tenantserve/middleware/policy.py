@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, final
 
-from tenantserve.keys import key_index, lookup
+from tenantserve.engine.identity import IDENTITY_ROUTE
 from tenantserve.middleware.errors import (
     AccessError,
     AdminDisabled,
@@ -34,8 +34,8 @@ from tenantserve.middleware.errors import (
     RouteNotFound,
     TooManySequences,
 )
-from tenantserve.identity import IDENTITY_ROUTE
-from tenantserve.registry import Registry
+from tenantserve.registry.keys import key_index, lookup
+from tenantserve.registry.schema import Registry
 
 PUBLIC_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health"), ("GET", "/ping"), ("POST", "/ping")})
 #: Tenant routes whose JSON body names the model: the ACL applies to every one of them.

@@ -18,7 +18,7 @@ from pathlib import Path
 from tenantserve.errors import TenantserveError
 from tenantserve.middleware.errors import RegistryUnavailable
 from tenantserve.middleware.policy import AccessView
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 
 log = logging.getLogger("tenantserve.middleware")
 

@@ -14,10 +14,10 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from tenantserve import __version__
-from tenantserve.adapters import AdapterConfig
+from tenantserve.admission.adapter_dir import AdapterConfig
+from tenantserve.engine.launch import derive_max_lora_rank, engine_lora, resolve_knobs
 from tenantserve.errors import AdapterError
-from tenantserve.launcher import derive_max_lora_rank, engine_lora, resolve_knobs
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tenantserve.sidecar.basepin import read_served_base
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.content import ServedContent

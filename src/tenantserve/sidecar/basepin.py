@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from tenantserve.admission import BaseFacts, verify_base
+from tenantserve.admission.admit import BaseFacts, verify_base
 from tenantserve.errors import TenantserveError
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tenantserve.sidecar.metrics import SidecarMetrics
 
 log = logging.getLogger("tenantserve.sidecar")

@@ -1,6 +1,6 @@
 """What each registered adapter is served from: its copy in the adapter store, while its folder still holds it.
 
-The engine loads adapters from ``AdapterStore`` copies (``tenantserve.adapter_store``), so a tenant who rewrites
+The engine loads adapters from ``AdapterStore`` copies (``tenantserve.admission.store``), so a tenant who rewrites
 its folder after admission changes nothing that is served. The sidecar still has to *notice*: every reconcile pass
 re-fingerprints each registered adapter's folder (a stat per unchanged file, through the fingerprint cache) and
 compares it with the content that was admitted:
@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tenantserve.adapter_store import AdapterStore, StoredAdapter, changed_error
-from tenantserve.fpcache import FingerprintCache
-from tenantserve.registry import AdapterSpec, Registry
+from tenantserve.admission.fingerprint_cache import FingerprintCache
+from tenantserve.admission.store import AdapterStore, StoredAdapter, changed_error
+from tenantserve.registry.schema import AdapterSpec, Registry
 from tenantserve.sidecar.ownership import tenant_folder
 
 

@@ -22,7 +22,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tenantserve import identity
+from tenantserve.engine import identity
 from tenantserve.errors import AdapterError, EngineError
 
 log = logging.getLogger("tenantserve.sidecar")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from tenantserve.registry import NAME_PATTERN, TENANT_PATTERN, check_adapter_name, check_tenant_id
+from tenantserve.registry.schema import NAME_PATTERN, TENANT_PATTERN, check_adapter_name, check_tenant_id
 
 
 class _Body(BaseModel):

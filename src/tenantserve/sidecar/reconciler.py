@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tenantserve.errors import AdapterError, EngineError, RegistryError, TenantserveError
-from tenantserve.registry import AdapterSpec, Registry
+from tenantserve.registry.schema import AdapterSpec, Registry
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.content import ServedContent
 from tenantserve.sidecar.engine_client import AdapterAlreadyLoaded, EngineClient, EngineUnverified

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tenantserve.errors import RegistryError
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tenantserve.sidecar.engine_client import EngineClient, EngineUnverified
 from tenantserve.sidecar.errors import Unauthorized
 from tenantserve.sidecar.http import require_admin

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tenantserve.sidecar.app import create_app
 from tenantserve.sidecar.config import SidecarConfig
 

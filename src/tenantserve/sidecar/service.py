@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tenantserve.admission import BaseFacts, EngineLora, admit
+from tenantserve.admission.admit import BaseFacts, EngineLora, admit
 from tenantserve.errors import AdapterError, EngineError, TenantserveError
-from tenantserve.registry import AdapterSpec, Registry, TenantSpec
+from tenantserve.registry.schema import AdapterSpec, Registry, TenantSpec
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.content import ServedContent
 from tenantserve.sidecar.engine_client import EngineClient

@@ -20,7 +20,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from tenantserve.errors import RegistryError
-from tenantserve.registry import Registry, RegistryLock
+from tenantserve.registry.schema import Registry, RegistryLock
 from tenantserve.sidecar.errors import RegistryWriteError
 
 T = TypeVar("T")

@@ -1,11 +1,11 @@
-"""Tenant API keys through the admin API: ``tenantserve.keys`` does the hashing; this persists through the store."""
+"""Tenant API keys through the admin API: ``tenantserve.registry.keys`` does the hashing; this persists through the store."""
 
 from __future__ import annotations
 
 import asyncio
 
-from tenantserve import keys
-from tenantserve.registry import ApiKeySpec, Registry
+from tenantserve.registry import keys
+from tenantserve.registry.schema import ApiKeySpec, Registry
 from tenantserve.sidecar.metrics import SidecarMetrics
 from tenantserve.sidecar.store import RegistryStore
 

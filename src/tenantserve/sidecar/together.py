@@ -4,7 +4,7 @@ The engine runs as a child process group (its log in a file, the previous run's 
 runs in this process on uvicorn, whose signal handling turns Ctrl-C/SIGTERM into a graceful shutdown. Whichever ends
 first ends the other: the engine is stopped (SIGTERM, then SIGKILL) when the sidecar exits, and the sidecar exits when
 the engine dies. Once both answer, one line says so (with the URLs and the seconds it took) and the run-state file
-(``tenantserve.runstate``) tells `tenantserve tenants|adapters ...` where they are; it is removed on exit.
+(``tenantserve.engine.runstate``) tells `tenantserve tenants|adapters ...` where they are; it is removed on exit.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 
+from tenantserve.engine.launch import LaunchPlan
 from tenantserve.engine.process import EngineProcess
-from tenantserve.launcher import LaunchPlan
-from tenantserve.runstate import RunState, remove_state, write_state
+from tenantserve.engine.runstate import RunState, remove_state, write_state
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.server import build_server
 

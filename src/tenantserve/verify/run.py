@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from tenantserve.errors import AdapterError, TenantserveError
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
+from tenantserve.verify import lmeval
 from tenantserve.verify.compare import Generation, PromptDiff, compare, default_tolerance
 from tenantserve.verify.consolidated import Consolidated, EngineResult
-from tenantserve.verify import lmeval
 from tenantserve.verify.dedicated import DedicatedModel
 from tenantserve.verify.lmeval import LmEvalResult, load_task
 from tenantserve.verify.prompts import PromptCase, PromptsError, default_prompts_path, load_prompts
@@ -206,9 +206,9 @@ def _engine(request: VerifyRequest, registry: Registry, token: str | None,
     if request.engine_url is not None:
         yield request.engine_url.rstrip("/"), token if registry.security.auth else None
         return
-    from tenantserve.demo import free_port
+    from tenantserve.demo.run import free_port
+    from tenantserve.engine.launch import plan_launch
     from tenantserve.engine.process import EngineProcess
-    from tenantserve.launcher import plan_launch
 
     port = free_port()
     env = dict(request.engine_env)

@@ -19,9 +19,9 @@ from types import ModuleType
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from tenantserve.metrics import MULTIPROC_ENV, EngineMetrics
 from tenantserve.vllm_plugin import cpu_lora_fix, defers, slot_order, slots
 from tenantserve.vllm_plugin.labels import AdapterLabels
+from tenantserve.vllm_plugin.metrics import MULTIPROC_ENV, EngineMetrics
 from tenantserve.vllm_plugin.patching import is_wrapped, when_imported
 
 SCHEDULER_MODULE = "vllm.v1.core.sched.scheduler"

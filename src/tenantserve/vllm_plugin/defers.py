@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tenantserve.metrics import EngineMetrics
 from tenantserve.vllm_plugin.labels import AdapterLabels
+from tenantserve.vllm_plugin.metrics import EngineMetrics
 
 #: Request states in which the slot rule is what skips a request; blocked states are skipped earlier, for their own reason.
 SCHEDULABLE = ("WAITING", "PREEMPTED")

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tenantserve.metrics import OTHER
+from tenantserve.vllm_plugin.metrics import OTHER
 
 #: The path vLLM gives its warm-up dummy adapters (lora/… model runner mixin); real adapters never have it.
 WARMUP_PATH = "/not/a/real/path"
@@ -31,7 +31,7 @@ def is_warmup(name: str, path: str | None) -> bool:
 
 def read_registry_names(path: Path) -> frozenset[str]:
     """The adapter names of a registry file (the only I/O here besides ``os.stat``)."""
-    from tenantserve.registry import Registry
+    from tenantserve.registry.schema import Registry
 
     return frozenset(a.name for _, a in Registry.load(path, check_paths=False).adapters())
 

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from tenantserve.metrics import EngineMetrics
 from tenantserve.vllm_plugin.labels import AdapterLabels
+from tenantserve.vllm_plugin.metrics import EngineMetrics
 
 Outcome = Literal["hit", "cpu_cache", "disk"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 from tests.integration.engines import RunningEngine, copy_secured_registry, start_engine
 
 ADMIN_TOKEN = "tsadmin-" + "integration-test-admin-token"

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tenantserve import embedded
+from tenantserve.demo import embedded
 from tests.integration.security.conftest import SecuredEngine
 
 A, B = "acme", "initech"  # both may use the base

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
-from tenantserve import embedded
-from tenantserve.keys import hash_key, issue_key
-from tenantserve.registry import Registry
+from tenantserve.demo import embedded
+from tenantserve.registry.keys import hash_key, issue_key
+from tenantserve.registry.schema import Registry
 from tests.integration.security.conftest import ADMIN_TOKEN, SecuredEngine
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import openai
 import pytest
 
-from tenantserve import embedded
+from tenantserve.demo import embedded
 from tests.integration.security.conftest import SecuredEngine
 
 

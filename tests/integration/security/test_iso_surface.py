@@ -6,7 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tenantserve import embedded, identity
+from tenantserve.demo import embedded
+from tenantserve.engine import identity
 from tests.integration.security.conftest import ADMIN_TOKEN, SecuredEngine
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tenantserve import embedded
+from tenantserve.demo import embedded
 from tests.integration.security.conftest import ADMIN_TOKEN, SecuredEngine
 
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tenantserve.metrics import per_label
+from tenantserve.vllm_plugin.metrics import per_label
 from tests.integration.security.conftest import ADMIN_TOKEN, SecuredEngine, wait_until
 
 

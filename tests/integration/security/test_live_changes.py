@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tenantserve.keys import issue_key, list_keys, revoke_key
-from tenantserve.registry import Registry
+from tenantserve.registry.keys import issue_key, list_keys, revoke_key
+from tenantserve.registry.schema import Registry
 from tests.integration.security.conftest import SecuredEngine, wait_until
 
 

@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tenantserve.registry import Registry, TenantSpec
+from tenantserve.registry.schema import Registry, TenantSpec
 from tests.integration.security.conftest import ADMIN_TOKEN, SecuredEngine
 from tests.sidecar.serving import SidecarThread
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tenantserve import embedded
+from tenantserve.demo import embedded
 from tests.integration.security.conftest import ADMIN_TOKEN, SecuredEngine, wait_until
 
 COMPLETION = {"model": "sql", "prompt": "x", "max_tokens": 2}

@@ -1,0 +1,106 @@
+"""The fingerprint cache: file digests remembered by (path, size, mtime, ctime, inode), in one JSON file.
+
+Where: ``$TENANTSERVE_CACHE_DIR/fingerprints.json``, else ``$XDG_CACHE_HOME/tenantserve/``, else
+``~/.cache/tenantserve/``. Written atomically (temp file + rename), so concurrent writers (launcher, sidecar,
+``check``) never leave a torn file; a lost update only costs a re-hash. Entries whose file changed within
+``RACY_WINDOW_NS`` of being hashed are not trusted (the "racy clean" problem: a write in the same timestamp tick
+would keep the same mtime), so they are hashed again until the file is older than that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from tenantserve.registry.schema import atomic_write_text
+
+CACHE_FILE = "fingerprints.json"
+RACY_WINDOW_NS = 2_000_000_000
+MAX_ENTRIES = 20_000
+_FORMAT = 1
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if env.get("TENANTSERVE_CACHE_DIR"):
+        return Path(env["TENANTSERVE_CACHE_DIR"])
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]) / "tenantserve"
+    return Path.home() / ".cache" / "tenantserve"
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """What a stat says about a file; a digest is reused only while all of it is unchanged."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileKey:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        return cls(real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+    def stamp(self) -> list[int]:
+        return [self.size, self.mtime_ns, self.ctime_ns, self.inode, self.device]
+
+
+class FingerprintCache:
+    """Digests by file key. ``load`` reads the file once; ``store`` merges into it and rewrites it atomically."""
+
+    def __init__(self, directory: Path, *, racy_window_ns: int = RACY_WINDOW_NS) -> None:
+        self.path = Path(directory) / CACHE_FILE
+        self.racy_window_ns = racy_window_ns
+        self._entries: dict[str, dict] = {}
+
+    @classmethod
+    def default(cls) -> FingerprintCache:
+        return cls(default_cache_dir()).load()
+
+    def load(self) -> FingerprintCache:
+        self._entries = self._read()
+        return self
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}  # missing or corrupt: a cache may always be rebuilt
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or not isinstance(data.get("files"), dict):
+            return {}
+        return data["files"]
+
+    def lookup(self, key: FileKey) -> str | None:
+        entry = self._entries.get(key.path)
+        if not isinstance(entry, dict) or entry.get("stat") != key.stamp():
+            return None
+        if max(key.mtime_ns, key.ctime_ns) + self.racy_window_ns > int(entry.get("hashed_at_ns", 0)):
+            return None
+        digest = entry.get("sha256")
+        return digest if isinstance(digest, str) else None
+
+    def store(self, digests: dict[FileKey, str], *, hashed_at_ns: int | None = None) -> None:
+        """Remember digests (``hashed_at_ns``: when reading began; default now) and write the cache file."""
+        now = time.time_ns() if hashed_at_ns is None else hashed_at_ns
+        merged = self._read()
+        merged.update(self._entries)
+        for key, digest in digests.items():
+            merged[key.path] = {"stat": key.stamp(), "sha256": digest, "hashed_at_ns": now}
+        merged = {p: e for p, e in merged.items() if os.path.exists(p)}
+        if len(merged) > MAX_ENTRIES:
+            keep = sorted(merged, key=lambda p: merged[p].get("hashed_at_ns", 0))[-MAX_ENTRIES:]
+            merged = {p: merged[p] for p in keep}
+        self._entries = merged
+        try:
+            atomic_write_text(self.path, json.dumps({"format": _FORMAT, "files": merged}, separators=(",", ":")))
+        except OSError:
+            pass  # a read-only home must not stop a launch; the next check hashes again

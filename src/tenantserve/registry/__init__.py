@@ -1,0 +1,10 @@
+"""The tenant registry (``configs/adapters.yaml``): what one engine serves, to whom, with which limits.
+
+- ``schema``: the pydantic models (base, engine knobs, tenants, adapters, API keys, security), loading with line
+  numbers in every error, saving atomically under the registry lock.
+- ``yamlpos``: YAML parsed once with the line of every key; duplicate keys refused.
+- ``yamlkeep``: rewriting the operator's YAML with new data, comments, key order and quoting kept.
+- ``keys``: tenant API keys: issue, list, revoke, authenticate (pure, over the models).
+
+Everything else reads the registry through these modules; nothing here starts an engine or reads adapter weights.
+"""
