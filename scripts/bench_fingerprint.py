@@ -6,7 +6,7 @@ then measures, best of --repeat runs each (the machine is shared; the best run i
 
   openssl xN   one `openssl dgst -sha256` process per shard, N = CPU count at once: the SHA-NI ceiling of this CPU
   sha256sum    coreutils, one process over all shards (and xN in parallel, like openssl)
-  cold         tenantserve.fingerprint with an empty cache (threads over shards)
+  cold         tenantserve.admission.fingerprint with an empty cache (threads over shards)
   cached       the same call again on the unchanged model: a stat per file, no read
 
 Goals (issue 3): cold within 10% of openssl xN; cached under 50 ms. Usage:
@@ -26,8 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tenantserve.fingerprint import fingerprint
-from tenantserve.fpcache import RACY_WINDOW_NS, FingerprintCache
+from tenantserve.admission.fingerprint import fingerprint
+from tenantserve.admission.fingerprint_cache import RACY_WINDOW_NS, FingerprintCache
 
 
 def make_model(directory: Path, size_mib: int, shards: int) -> list[Path]:

@@ -38,11 +38,11 @@ from openai import OpenAI
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tenantserve.demo import free_port  # noqa: E402
+from tenantserve.admission.fingerprint import fingerprint  # noqa: E402
+from tenantserve.demo.run import free_port  # noqa: E402
+from tenantserve.engine.launch import LaunchPlan, plan_launch  # noqa: E402
 from tenantserve.engine.process import EngineProcess  # noqa: E402
-from tenantserve.fingerprint import fingerprint  # noqa: E402
-from tenantserve.launcher import LaunchPlan, plan_launch  # noqa: E402
-from tenantserve.registry import Registry  # noqa: E402
+from tenantserve.registry.schema import Registry  # noqa: E402
 from tenantserve.vllm_plugin.cpu_lora_fix import MODE_ENV  # noqa: E402
 
 TOKENIZER = ROOT / "models" / "embedded" / "base"

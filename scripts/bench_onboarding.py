@@ -30,12 +30,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tenantserve import embedded  # noqa: E402
-from tenantserve.demo import free_port  # noqa: E402
+from tenantserve.admission.fingerprint import fingerprint  # noqa: E402
+from tenantserve.demo.run import (
+    embedded,  # noqa: E402
+    free_port,  # noqa: E402
+)
+from tenantserve.engine.launch import plan_launch  # noqa: E402
 from tenantserve.engine.process import EngineProcess  # noqa: E402
-from tenantserve.fingerprint import fingerprint  # noqa: E402
-from tenantserve.launcher import plan_launch  # noqa: E402
-from tenantserve.registry import AdapterSpec, Registry  # noqa: E402
+from tenantserve.registry.schema import AdapterSpec, Registry  # noqa: E402
 from tests.integration.engines import copy_registry  # noqa: E402
 
 TOKEN = "bench-admin-token"

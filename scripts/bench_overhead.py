@@ -25,8 +25,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tenantserve.keys import issue_key  # noqa: E402
-from tenantserve.registry import Registry  # noqa: E402
+from tenantserve.registry.keys import issue_key  # noqa: E402
+from tenantserve.registry.schema import Registry  # noqa: E402
 from tests.conftest import DEFAULT_REGISTRY  # noqa: E402
 from tests.integration.engines import RunningEngine, copy_registry, start_engine  # noqa: E402
 
@@ -120,7 +120,7 @@ def micro(n: int = 20_000) -> tuple[float, float]:
     from prometheus_client import CollectorRegistry
 
     from tenantserve.middleware import TenantMiddleware
-    from tenantserve.registry import AdapterSpec, BaseSpec, TenantSpec
+    from tenantserve.registry.schema import AdapterSpec, BaseSpec, TenantSpec
 
     async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         await receive()

@@ -24,10 +24,10 @@ from types import SimpleNamespace
 import httpx
 from openai import OpenAI
 
-from tenantserve.demo import free_port
+from tenantserve.demo.run import free_port
+from tenantserve.engine.launch import plan_launch
 from tenantserve.engine.process import EngineProcess
-from tenantserve.launcher import plan_launch
-from tenantserve.registry import Registry
+from tenantserve.registry.schema import Registry
 
 PROMPT = "Table users(id,name). Query all names:"
 
@@ -68,9 +68,9 @@ def hook_cost(steps: int = 20000, repeats: int = 7) -> dict[str, float]:
     from vllm.lora import worker_manager as wm
     from vllm.lora.request import LoRARequest
 
-    from tenantserve.metrics import EngineMetrics
     from tenantserve.vllm_plugin import slot_order, slots
     from tenantserve.vllm_plugin.labels import AdapterLabels
+    from tenantserve.vllm_plugin.metrics import EngineMetrics
 
     class Model(mm.LRUCacheLoRAModelManager):
         def _validate_moe_lora_format(self, lora: object) -> None: ...
