@@ -24,6 +24,7 @@ import yaml
 
 from tenantserve.demo.run import free_port
 from tenantserve.engine.runstate import read_state, state_path
+from tests.waiting import interrupt
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,10 +110,5 @@ def test_readme_operator_steps_run_as_written(tmp_path: Path) -> None:
         assert up.wait(120) == 0
         assert not state_path(registry).exists()
     finally:
-        if up is not None and up.poll() is None:
-            up.send_signal(signal.SIGINT)
-            try:
-                up.wait(120)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
+        if up is not None:
+            interrupt(up, 120)

@@ -12,8 +12,7 @@ import json
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -27,6 +26,7 @@ from tests.conftest import ROOT
 from tests.integration.engines import RunningEngine, copy_secured_registry, start_engine
 from tests.integration.test_metrics_engine import queue_in_order
 from tests.sidecar.serving import TOKEN, SidecarThread
+from tests.waiting import wait_for
 
 DEPLOY = ROOT / "deploy"
 RULE_FILES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
@@ -49,14 +49,6 @@ class Stack:
 
     def client(self, tenant: str) -> OpenAI:
         return self.engine.openai(api_key=self.keys[tenant])
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s: {what}")
-        time.sleep(0.5)
 
 
 def prometheus_config(engine: RunningEngine, sidecar: SidecarThread) -> dict:
@@ -88,11 +80,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--web.listen-address=127.0.0.1:{port}",
                  f"--storage.tsdb.path={tmp / 'tsdb'}"], stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _ready(url), 60, "prometheus ready")
+        wait_for(lambda: _ready(url), 60, "prometheus ready", tick=0.5)
         stack = Stack(engine, sidecar, keys, url)
         # a baseline before any traffic: rates need a sample from before it (scrapes may time out during it)
         wait_for(lambda: len(stack.query('count_over_time(tenantserve_lora_slot_hits_total[1m])')) > 0
-                 and len(stack.query('count_over_time(tenantserve_adapters[1m])')) > 0, 60, "first scrapes")
+                 and len(stack.query('count_over_time(tenantserve_adapters[1m])')) > 0, 60, "first scrapes", tick=0.5)
         yield stack
     finally:
         if prom is not None:
@@ -171,7 +163,7 @@ def test_every_rule_and_panel_has_data_that_matches_the_traffic(stack: Stack) ->
         return not missing
 
     try:
-        wait_for(all_have_data, 90, "every recording rule and panel query to return data")
+        wait_for(all_have_data, 90, "every recording rule and panel query to return data", tick=0.5)
     except AssertionError:
         probes = {q: stack.query(q) for q in ("up", "rate(tenantserve_lora_slot_hits_total[5m])",
                                                "rate(tenantserve_lora_slot_misses_total[5m])")}
@@ -194,7 +186,7 @@ def test_every_rule_and_panel_has_data_that_matches_the_traffic(stack: Stack) ->
             t: float(n) for t, n in sent.items()}
 
     try:
-        wait_for(settled, 30, "Prometheus to show the defers and requests the test sent")
+        wait_for(settled, 30, "Prometheus to show the defers and requests the test sent", tick=0.5)
     except AssertionError:
         pytest.fail(f"sent {sent}, Prometheus shows {seen}")
     deferred = value('sum by (adapter) (tenantserve_lora_deferred_requests_total{engine="test"})')

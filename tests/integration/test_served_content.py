@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tenantserve.vllm_plugin.metrics import per_label
 from tests.conftest import EMBEDDED
 from tests.integration.engines import RunningEngine, copy_registry, start_engine
 from tests.sidecar.serving import SidecarThread
+from tests.waiting import wait_for
 
 ORIGINAL = {"sql": EMBEDDED / "adapters" / "sql", "pirate": EMBEDDED / "adapters" / "pirate",
             "french": EMBEDDED / "adapters" / "french"}
@@ -83,15 +83,6 @@ def place(files_of: Path, folder: Path, **config: object) -> Path:
         cfg.update(config)
         (folder / "adapter_config.json").write_text(json.dumps(cfg))
     return folder
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")

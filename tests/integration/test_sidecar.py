@@ -10,8 +10,7 @@ import json
 import os
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tenantserve.vllm_plugin.metrics import per_label
 from tests.conftest import EMBEDDED
 from tests.integration.engines import RunningEngine, copy_registry, start_engine
 from tests.sidecar.serving import SidecarThread
+from tests.waiting import wait_for
 
 SLOW_STEPS = Path(__file__).parent / "slow_steps"
 
@@ -67,15 +67,6 @@ class Stack:
         resp = self.engine.openai().completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
                                                        temperature=0)
         return resp.choices[0].text.strip()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")

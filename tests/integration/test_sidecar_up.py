@@ -20,6 +20,7 @@ from tenantserve.engine.runstate import read_state, state_path
 from tenantserve.registry.schema import Registry
 from tests.conftest import EMBEDDED
 from tests.integration.engines import copy_registry
+from tests.waiting import interrupt
 
 TOKEN = "up-admin-token"
 
@@ -71,10 +72,4 @@ def test_up_serves_onboards_with_one_command_and_ctrl_c_stops_both(tmp_path: Pat
         assert str(log) in out and "POST /v1/completions" in log.read_text()  # real requests still logged
         assert "GET /health " not in log.read_text()  # the sidecar polls it every few seconds: not logged
     finally:
-        if proc.poll() is None:  # a failed assertion: still stop the engine through `up` itself
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt(proc, 90)  # a failed assertion: still stop the engine through `up` itself

@@ -10,7 +10,6 @@ proxy): admin routes and /metrics must behave differently for them. No packet le
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from tenantserve.registry.schema import Registry
 from tests.integration.engines import RunningEngine, copy_secured_registry, start_engine
+from tests.waiting import wait_for as wait_until  # noqa: F401 (the security tests import it from here)
 
 ADMIN_TOKEN = "tsadmin-" + "integration-test-admin-token"
 METRICS_TOKEN = "tsmetrics-" + "integration-test-metrics-token"
@@ -75,16 +75,6 @@ class SecuredEngine:
 
 #: The one origin the secured engine allows cross-origin requests from (vLLM's --allowed-origins).
 BROWSER_ORIGIN = "https://app.example"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, tick: float = 0.1) -> float:
-    """Seconds until ``cond()`` held; fails after ``timeout``."""
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(tick)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="session")
