@@ -1,6 +1,6 @@
 """``tenantserve check``'s core: every admission check over a whole registry, one row per adapter.
 
-The same judgement as ``launch`` (``launcher.admit_adapters``), shown whole: every problem at once, one bad adapter
+The same judgement as ``launch`` (``engine.launch.admit_adapters``), shown whole: every problem at once, one bad adapter
 never hides or affects another's verdict. Unlike ``launch`` (which serves the admitted adapters), ``check`` is
 strict: any refusal fails it.
 """

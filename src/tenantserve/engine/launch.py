@@ -312,7 +312,7 @@ def admit_adapters(registry: Registry, base: BaseFacts, *, cache: FingerprintCac
     """Judge every adapter against the engine as configured; one refusal never affects another's verdict.
 
     Each adapter is first copied into the adapter ``store`` (default: ``AdapterStore.default``) and the copy is
-    admitted (``adapter_store.admit_stored``): the admitted specs carry the copy's path, which is what is served.
+    admitted (``admission.store.admit_stored``): the admitted specs carry the copy's path, which is what is served.
 
     With an explicit ``max_lora_rank`` each adapter is admitted once against it. When it is derived, the adapters
     are admitted against the largest rank vLLM accepts, the rank is derived from the admitted ones only (a refused
