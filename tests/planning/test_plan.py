@@ -77,7 +77,9 @@ def test_cli_reconciles_registry_adapters_with_disk() -> None:
 def test_shapes_from_config_with_gqa() -> None:
     shapes = LinearShapes.from_config({"hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
                                        "head_dim": 32, "intermediate_size": 128, "num_hidden_layers": 3})
-    assert shapes.shapes["k_proj"] == (64, 32) and shapes.shapes["q_proj"] == (64, 64) and shapes.layers == 3
+    # (out, in), as nn.Linear.weight: k_proj maps hidden 64 to one kv head of 32, down_proj intermediate 128 to 64
+    assert shapes.shapes["k_proj"] == (32, 64) and shapes.shapes["q_proj"] == (64, 64) and shapes.layers == 3
+    assert shapes.shapes["down_proj"] == (64, 128) and shapes.shapes["gate_proj"] == (128, 64)
 
 
 def test_lab_figures_one_adapter_is_a_four_hundredth_of_the_base() -> None:
@@ -121,3 +123,16 @@ def test_cli_plans_the_registry_and_says_where_each_value_comes_from() -> None:
     assert "9 tenants on demo-base" in res.output and "40 tenants" not in res.output
     bad = CliRunner().invoke(command, ["--registry", str(DEFAULT_REGISTRY), "--rank", "16"])
     assert bad.exit_code == 2 and "adapter rank 16 > max_lora_rank 8" in bad.output
+
+
+def test_shapes_from_config_are_the_served_bases_weight_shapes() -> None:
+    """Planning and admission describe a layer the same way: (out, in), as the base's own ``nn.Linear`` weights."""
+    from tenantserve.admission.served_base import BaseFacts
+
+    base_path = Registry.load(DEFAULT_REGISTRY).base_path
+    shapes = LinearShapes.from_model_dir(base_path)
+    linear = BaseFacts.read(base_path).linear_modules()
+    block = {name.rsplit(".", 1)[-1]: shape for name, shape in linear.items() if ".layers.0." in name}
+    assert set(shapes.shapes) <= set(block)
+    assert {m: block[m] for m in shapes.shapes} == shapes.shapes
+    assert any(out != in_ for out, in_ in shapes.shapes.values())  # not all square: the order is really checked

@@ -1,7 +1,9 @@
-"""The memory bill of consolidation: one shared base, and a small delta per adapter.
+"""The memory bill of consolidation: one shared base, and a small delta per adapter. Sizes are in bytes.
 
 ``adapter_bytes`` is the lab's formula: layers x sum over target modules of r x (in + out) x dtype bytes.
-It is reconciled against the bytes on disk (``adapters.bytes_on_disk``) by the demo and by ``plan``.
+It is reconciled against the bytes on disk (``admission.adapter_dir.bytes_on_disk``) by the demo and by ``plan``.
+Layer shapes are (out_features, in_features), the order of PyTorch's ``nn.Linear.weight`` and of the rest of
+tenantserve (``admission.served_base.BaseFacts.linear_modules``, admission's checks, the plugin's LoRA delta).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 
 @dataclass(frozen=True)
 class LinearShapes:
-    """(in_features, out_features) of every LoRA-targetable linear layer of one decoder block (Llama family)."""
+    """(out_features, in_features) of every LoRA-targetable linear layer of one decoder block (Llama family), the
+    shape of its ``nn.Linear.weight``; ``layers``: decoder blocks; ``vocab`` / ``hidden``: 0 when unknown."""
 
     layers: int
     shapes: dict[str, tuple[int, int]]
@@ -35,42 +38,46 @@ class LinearShapes:
 
     @classmethod
     def from_config(cls, config: dict) -> LinearShapes:
+        """From a Hugging Face ``config.json`` (Llama family). Raises ``KeyError`` / ``ValueError`` when a size is
+        missing or not a number."""
         hidden = int(config["hidden_size"])
         heads = int(config["num_attention_heads"])
         kv_heads = int(config.get("num_key_value_heads") or heads)
         head_dim = int(config.get("head_dim") or hidden // heads)
         inter = int(config["intermediate_size"])
         shapes = {
-            "q_proj": (hidden, heads * head_dim),
-            "k_proj": (hidden, kv_heads * head_dim),
-            "v_proj": (hidden, kv_heads * head_dim),
-            "o_proj": (heads * head_dim, hidden),
-            "gate_proj": (hidden, inter),
-            "up_proj": (hidden, inter),
-            "down_proj": (inter, hidden),
+            "q_proj": (heads * head_dim, hidden),
+            "k_proj": (kv_heads * head_dim, hidden),
+            "v_proj": (kv_heads * head_dim, hidden),
+            "o_proj": (hidden, heads * head_dim),
+            "gate_proj": (inter, hidden),
+            "up_proj": (inter, hidden),
+            "down_proj": (hidden, inter),
         }
         return cls(layers=int(config["num_hidden_layers"]), shapes=shapes, vocab=int(config.get("vocab_size") or 0),
                    hidden=hidden)
 
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> LinearShapes:
+        """From ``model_dir/config.json``. Raises ``OSError`` (unreadable), ``ValueError`` (not JSON) or ``KeyError``."""
         return cls.from_config(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
 
 
 def adapter_bytes(shapes: LinearShapes, target_modules: tuple[str, ...] | list[str], rank: int,
                   dtype_bytes: int) -> int:
-    """Bytes of a LoRA adapter's A and B matrices: layers x sum(r x (in + out)) x dtype bytes."""
+    """Bytes of a LoRA adapter's A (rank x in) and B (out x rank) matrices: layers x sum(r x (in + out)) x dtype
+    bytes. ``dtype_bytes``: bytes per element (``DTYPE_BYTES``). Raises ``KeyError`` for a module ``shapes`` lacks."""
     per_layer = 0
     for module in target_modules:
         if module not in shapes.shapes:
             raise KeyError(f"unknown target module '{module}' (known: {', '.join(shapes.shapes)})")
-        fan_in, fan_out = shapes.shapes[module]
+        fan_out, fan_in = shapes.shapes[module]
         per_layer += rank * (fan_in + fan_out)
     return shapes.layers * per_layer * dtype_bytes
 
 
 def slot_bytes(shapes: LinearShapes, max_loras: int, max_lora_rank: int, dtype_bytes: int) -> tuple[int, int]:
-    """What vLLM 0.32 allocates at start for ``max_loras`` slots of ``max_lora_rank``: (every linear layer of every
+    """Bytes vLLM 0.32 allocates at start for ``max_loras`` slots of ``max_lora_rank``: (every linear layer of every
     block, the embedding + lm_head pair). Both are allocated whatever the adapters target (measured on the engine's
     worker by ``memprobe``: embed_tokens holds r x (vocab + hidden) per slot, lm_head the same)."""
     linear = max_loras * adapter_bytes(shapes, ALL_LINEAR_MODULES, max_lora_rank, dtype_bytes)
@@ -97,7 +104,9 @@ class AdapterBill:
 
 
 def adapter_bills(registry: Registry, shapes: LinearShapes) -> list[AdapterBill]:
-    """The formula (dtype from each adapter's safetensors header) and the bytes on disk, for every adapter."""
+    """The formula (dtype from each adapter's safetensors header) and the bytes on disk, for every adapter.
+    Raises ``AdapterError`` for an adapter whose config or weights header cannot be read, ``KeyError`` for a target
+    module ``shapes`` lacks."""
     from tenantserve.admission.adapter_dir import AdapterConfig, bytes_on_disk, weight_files
     from tenantserve.admission.weights import dtype_bytes
 
@@ -113,6 +122,7 @@ def adapter_bills(registry: Registry, shapes: LinearShapes) -> list[AdapterBill]
 
 
 def human_bytes(n: float) -> str:
+    """``n`` bytes in binary units, two decimals (``12.55 GiB``); below 1 KiB, whole bytes."""
     for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"

@@ -20,7 +20,7 @@ one of vLLM's rules:
    slot first, then those in the host cache, then the ones read from disk. In a slot: a *hit*, touched (LRU). Not: a
    *miss*; when the slots are full the least recently used slot is *evicted*; the adapter comes from the host cache
    (LRU of ``max_cpu_loras``) or from disk. ``order`` gives the set's iteration order: pass vLLM's hashes to replay
-   an engine exactly (``simengine``); the default is a fixed CRC-32 order, so a run is reproducible.
+   an engine exactly (``planning.replay``); the default is a fixed CRC-32 order, so a run is reproducible.
 5. **Finishing.** A request that finished in step s frees its batch place for step s + 1.
 """
 
