@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from tenantserve.vllm_plugin.labels import WARMUP_PATH, AdapterLabels, file_id, read_registry_names
+from tenantserve.registry.watch import file_state
+from tenantserve.vllm_plugin.labels import WARMUP_PATH, AdapterLabels, read_registry_names
 from tenantserve.vllm_plugin.metrics import EngineMetrics
 
 
@@ -30,10 +31,11 @@ def test_unknown_name_rereads_the_registry_at_once_when_it_changed(tmp_path: Pat
         reads.append(p.read_text())
         return names[p.read_text()]
 
-    labels = AdapterLabels(names["v1"], source=source, reader=reader)
-    assert labels.label("newbie") == "other" and reads == []  # unchanged file: a stat, no re-read
+    labels = AdapterLabels.from_registry(source, reader)
+    assert labels.known == {"sql"} and reads == ["v1"]
+    assert labels.label("newbie") == "other" and reads == ["v1"]  # unchanged file: a stat, no re-read
     source.write_text("v2")
-    assert labels.label("newbie") == "newbie" and reads == ["v2"]  # no waiting interval
+    assert labels.label("newbie") == "newbie" and reads == ["v1", "v2"]  # no waiting interval
 
 
 def test_a_same_second_rewrite_of_the_same_size_is_seen(tmp_path: Path) -> None:
@@ -42,12 +44,12 @@ def test_a_same_second_rewrite_of_the_same_size_is_seen(tmp_path: Path) -> None:
     source = tmp_path / "adapters.yaml"
     source.write_text("v1")
     os.utime(source, ns=(10**18, 10**18))
-    before = file_id(source)
-    source.write_text("v2")
-    os.utime(source, ns=(10**18 + 1, 10**18 + 1))
-    assert file_id(source) != before
-    labels = AdapterLabels(frozenset(), source=source, reader=lambda p: frozenset({p.read_text()}))
-    labels._seen = before
+    before = file_state(source)
+    labels = AdapterLabels.from_registry(source, lambda p: frozenset({p.read_text()}))
+    assert labels.known == {"v1"}
+    source.write_text("v2")  # in place: same inode, same size
+    os.utime(source, ns=(10**18 + 1, 10**18 + 1))  # 1 ns later: the same second as a float
+    assert file_state(source) != before and int(os.stat(source).st_mtime) == 10**9
     assert labels.refresh() == {"v2"}
 
 
@@ -62,7 +64,8 @@ def test_refresh_reports_new_names_and_a_broken_edit_keeps_the_old_ones(tmp_path
             raise ValueError("half-edited")
         return content[text]
 
-    labels = AdapterLabels(content["a"], source=source, reader=reader)
+    labels = AdapterLabels.from_registry(source, reader)
+    assert labels.known == content["a"]
     created: list[list[str]] = []
     labels.on_new = created.append
     assert labels.refresh() == frozenset()

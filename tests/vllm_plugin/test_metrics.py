@@ -6,19 +6,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from tenantserve.vllm_plugin.metrics import (
-    MULTIPROC_ENV,
-    OTHER,
-    EngineMetrics,
-    bounded_label,
-    make_multiproc_dir,
-)
-
-
-def test_bounded_label_keeps_known_names_and_collapses_the_rest() -> None:
-    known = frozenset({"sql", "pirate"})
-    assert bounded_label("sql", known) == "sql"
-    assert bounded_label("evil-'name'", known) == OTHER
+from tenantserve.registry.metric_labels import OTHER_LABEL
+from tenantserve.vllm_plugin.metrics import MULTIPROC_ENV, EngineMetrics, make_multiproc_dir
 
 
 def test_names_are_the_agreed_ones_and_touch_creates_zero_series() -> None:
@@ -29,7 +18,7 @@ def test_names_are_the_agreed_ones_and_touch_creates_zero_series() -> None:
     for counter in ("slot_hits", "slot_misses", "slot_evictions", "cpu_cache_hits", "disk_loads", "defers",
                     "deferred_requests"):
         assert f"tenantserve_lora_{counter}_total" in names
-        for adapter in ("sql", OTHER):
+        for adapter in ("sql", OTHER_LABEL):
             assert registry.get_sample_value(f"tenantserve_lora_{counter}_total", {"adapter": adapter}) == 0
     assert {"tenantserve_lora_slots_used", "tenantserve_lora_slots_total", "tenantserve_lora_load_seconds_count"} <= names
     assert not [n for n in names if n.startswith("vllm:")]

@@ -15,19 +15,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tenantserve.registry.metric_labels import OTHER_LABEL
+
 #: The environment variable prometheus_client reads (at import time) to switch to multiprocess mode.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-#: Label value for adapter names that are not in the registry: keeps label sets bounded.
-OTHER = "other"
-
 #: From ~1 ms (CPU cache -> slot on a small adapter) to seconds (a large adapter read from network storage).
 LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def bounded_label(name: str, known: frozenset[str] | set[str]) -> str:
-    """The label value for a name: itself when the registry knows it, else ``"other"``."""
-    return name if name in known else OTHER
 
 
 @dataclass(frozen=True)
@@ -91,10 +85,11 @@ class EngineMetrics:
         )
 
     def touch(self, adapters: list[str]) -> None:
-        """Create every adapter's series at 0, so rates and ratios exist before the first event."""
+        """Create every adapter's series at 0 (and ``other``'s, see ``registry.metric_labels``), so rates and ratios
+        exist before the first event."""
         per_adapter = (self.slot_hits, self.slot_misses, self.slot_evictions, self.cpu_cache_hits,
                        self.disk_loads, self.defers, self.deferred_requests)
-        for name in [*adapters, OTHER]:
+        for name in [*adapters, OTHER_LABEL]:
             for metric in per_adapter:
                 metric.labels(name)
         for source in ("disk", "cpu_cache"):
