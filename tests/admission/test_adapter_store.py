@@ -116,7 +116,7 @@ def test_files_above_the_caps_are_refused_without_reading_them(tmp_path: Path, f
     else:
         store = AdapterStore(tmp_path / "s", max_weights_bytes=1000)
     with pytest.raises(AdapterError) as info:
-        store.put(folder, label="adapter 'a'")
+        store.put(folder, who="adapter 'a'")
     assert info.value.code == "file_too_large" and name in str(info.value) and "adapter 'a'" in str(info.value)
     assert not store.root.exists() or _entries(store) == []
 

@@ -219,5 +219,5 @@ def test_the_store_copy_checks_files_in_the_tenant_folder_itself(tmp_path: Path)
     (root / "acme" / "adapter_config.json").write_text("{}")
     (root / "acme" / "adapter_model.safetensors").symlink_to(root / "globex" / "w.safetensors")
     with pytest.raises(TenantserveError) as info:
-        content.store.put(root / "acme", label="adapter 'x'", inside=content.scope("acme", root / "acme"))
+        content.store.put(root / "acme", who="adapter 'x'", inside=content.scope("acme", root / "acme"))
     assert info.value.code == "path_escape"

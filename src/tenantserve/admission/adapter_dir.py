@@ -41,8 +41,8 @@ class MatchBudget:
     Uses the ``regex`` module (vLLM's own, for rank patterns) because it can stop a match that runs too long.
     """
 
-    def __init__(self, label: str, seconds: float = MATCH_SECONDS) -> None:
-        self.label = label
+    def __init__(self, who: str, seconds: float = MATCH_SECONDS) -> None:
+        self.who = who
         self.deadline = time.monotonic() + seconds
 
     def search(self, compiled: Any, name: str, *, full: bool) -> bool:
@@ -52,7 +52,7 @@ class MatchBudget:
                 raise TimeoutError
             found = compiled.fullmatch(name, timeout=left) if full else compiled.match(name, timeout=left)
         except TimeoutError:
-            raise AdapterError(f"{self.label}: the pattern {_short(compiled.pattern)} in {CONFIG_NAME} takes too "
+            raise AdapterError(f"{self.who}: the pattern {_short(compiled.pattern)} in {CONFIG_NAME} takes too "
                                f"long to match module names (over {MATCH_SECONDS:g} s): PEFT and vLLM would hang on "
                                "it", code="config_invalid") from None
         return found is not None
@@ -134,32 +134,32 @@ class AdapterConfig:
         """Read (at most ``CONFIG_LIMIT`` bytes) and validate ``adapter_config.json``; raise ``AdapterError``
         (config_missing, config_unreadable, config_too_large, config_invalid, path_invalid, file_not_regular)
         naming the adapter."""
-        label = f"adapter '{name}'" if name else f"adapter at {adapter_dir}"
+        who = f"adapter '{name}'" if name else f"adapter at {adapter_dir}"
         path = adapter_dir / CONFIG_NAME
         try:
-            data = read_bounded(path, CONFIG_LIMIT, label=label, too_large="config_too_large",
+            data = read_bounded(path, CONFIG_LIMIT, who=who, too_large="config_too_large",
                                 unreadable="config_unreadable")
         except FileNotFoundError:
-            raise AdapterError(f"{label}: {CONFIG_NAME} not found in {adapter_dir}", code="config_missing") from None
+            raise AdapterError(f"{who}: {CONFIG_NAME} not found in {adapter_dir}", code="config_missing") from None
         try:
             raw = json.loads(data)
         except UnicodeDecodeError:
-            raise AdapterError(f"{label}: {CONFIG_NAME} is not UTF-8 text", code="config_invalid") from None
+            raise AdapterError(f"{who}: {CONFIG_NAME} is not UTF-8 text", code="config_invalid") from None
         except json.JSONDecodeError as exc:
             raise AdapterError(
-                f"{label}: {CONFIG_NAME} is not valid JSON (line {exc.lineno}: {exc.msg})", code="config_invalid"
+                f"{who}: {CONFIG_NAME} is not valid JSON (line {exc.lineno}: {exc.msg})", code="config_invalid"
             ) from None
         except RecursionError:
-            raise AdapterError(f"{label}: {CONFIG_NAME} nests too deeply", code="config_invalid") from None
+            raise AdapterError(f"{who}: {CONFIG_NAME} nests too deeply", code="config_invalid") from None
         if not isinstance(raw, dict):
-            raise AdapterError(f"{label}: {CONFIG_NAME} must hold a JSON object", code="config_invalid")
-        return cls.parse(raw, label=label)
+            raise AdapterError(f"{who}: {CONFIG_NAME} must hold a JSON object", code="config_invalid")
+        return cls.parse(raw, who=who)
 
     @classmethod
-    def parse(cls, raw: dict, *, label: str) -> AdapterConfig:
+    def parse(cls, raw: dict, *, who: str) -> AdapterConfig:
         """Validate a config already decoded (pure): every field serving reads, by type and range."""
         def invalid(what: str) -> AdapterError:
-            return AdapterError(f"{label}: {CONFIG_NAME} {what}", code="config_invalid")
+            return AdapterError(f"{who}: {CONFIG_NAME} {what}", code="config_invalid")
 
         rank = raw.get("r")
         if not _positive_int(rank):
@@ -199,11 +199,11 @@ class AdapterConfig:
         compiled: dict = {}
         keys = [*pattern, *alphas]
         for key in keys:
-            compiled[rf"(.*\.)?({key})$"] = _compile(rf"(.*\.)?({key})$", label=label, what=f"pattern key {key!r}")
+            compiled[rf"(.*\.)?({key})$"] = _compile(rf"(.*\.)?({key})$", who=who, what=f"pattern key {key!r}")
         for text, what in ((regex, "target_modules"), (exclude if isinstance(exclude, str) else None,
                                                        "exclude_modules")):
             if text is not None and text.lower() != ALL_LINEAR:
-                compiled[text] = _compile(text, label=label, what=what)
+                compiled[text] = _compile(text, who=who, what=what)
         peft_type, base = raw.get("peft_type", ""), raw.get("base_model_name_or_path")
         return cls(
             rank=rank,
@@ -221,16 +221,16 @@ class AdapterConfig:
         )
 
 
-def _compile(pattern: str, *, label: str = "adapter", what: str = "pattern") -> Any:
+def _compile(pattern: str, *, who: str = "adapter", what: str = "pattern") -> Any:
     import regex  # vLLM's regex engine (a vLLM dependency): matches can be stopped by a timeout
 
     if len(pattern) > PATTERN_LIMIT:
-        raise AdapterError(f"{label}: {CONFIG_NAME} {what} is longer than {PATTERN_LIMIT} characters",
+        raise AdapterError(f"{who}: {CONFIG_NAME} {what} is longer than {PATTERN_LIMIT} characters",
                            code="config_invalid")
     try:
         return regex.compile(pattern)
     except (regex.error, ValueError, OverflowError, RecursionError) as exc:
-        raise AdapterError(f"{label}: {CONFIG_NAME} {what} is not a valid regex: {_short(str(exc))}",
+        raise AdapterError(f"{who}: {CONFIG_NAME} {what} is not a valid regex: {_short(str(exc))}",
                            code="config_invalid") from None
 
 
@@ -273,17 +273,17 @@ def read_stamp(adapter_dir: Path, *, name: str | None = None) -> str | None:
 
     ``AdapterError``: stamp_invalid, stamp_too_large (over ``STAMP_LIMIT`` bytes), path_invalid."""
     path = adapter_dir / STAMP_NAME
-    label = f"adapter '{name}'" if name else f"adapter at {adapter_dir}"
+    who = f"adapter '{name}'" if name else f"adapter at {adapter_dir}"
     try:
-        data = json.loads(read_bounded(path, STAMP_LIMIT, label=label, too_large="stamp_too_large",
+        data = json.loads(read_bounded(path, STAMP_LIMIT, who=who, too_large="stamp_too_large",
                                        unreadable="stamp_invalid"))
     except FileNotFoundError:
         return None
     except (ValueError, RecursionError) as exc:
-        raise AdapterError(f"{label}: cannot read {STAMP_NAME}: {_short(str(exc))}", code="stamp_invalid") from None
+        raise AdapterError(f"{who}: cannot read {STAMP_NAME}: {_short(str(exc))}", code="stamp_invalid") from None
     value = data.get("base_fingerprint") if isinstance(data, dict) else None
     if not isinstance(value, str) or not _FINGERPRINT.match(value):
-        raise AdapterError(f"{label}: {STAMP_NAME} has no valid base_fingerprint (sha256:<64 hex>)",
+        raise AdapterError(f"{who}: {STAMP_NAME} has no valid base_fingerprint (sha256:<64 hex>)",
                            code="stamp_invalid")
     return value
 

@@ -1,7 +1,7 @@
 """Admission: may this adapter be served on this engine? One function used by the launcher, `check` and the sidecar.
 
 A refusal is an ``AdapterError`` whose ``code`` is a stable reason and whose message is one human line naming the
-adapter and the numbers. The checks run cheapest first; each catches a failure vLLM would hide or report late:
+adapter (``who``: ``adapter 'sql'``, the message's first words) and the numbers. The checks run cheapest first; each catches a failure vLLM would hide or report late:
 a foreign base (loads fine, behaves subtly wrong), targets that match nothing (silently serves the base), a rank
 above the slots (a 500 inside the engine), a truncated download, shapes from another model size.
 
@@ -117,22 +117,22 @@ def admit(
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name) or ".." in name:
         raise AdapterError(f"adapter name {_short(name)} is not allowed (pattern {NAME_PATTERN})",
                            code="name_invalid")
-    label = f"adapter '{name}'"
-    path = _adapter_dir(label, registry, adapter, adapters_root)
+    who = f"adapter '{name}'"
+    path = _adapter_dir(who, registry, adapter, adapters_root)
     cfg = AdapterConfig.read(path, name=name)
     if cfg.peft_type.upper() != "LORA":
-        raise AdapterError(f"{label}: peft_type is {_short(cfg.peft_type)}, only LORA is served", code="not_lora")
+        raise AdapterError(f"{who}: peft_type is {_short(cfg.peft_type)}, only LORA is served", code="not_lora")
     if cfg.modules_to_save:
-        raise AdapterError(f"{label}: modules_to_save {_short(list(cfg.modules_to_save))} (full copies of base "
+        raise AdapterError(f"{who}: modules_to_save {_short(list(cfg.modules_to_save))} (full copies of base "
                            "modules) cannot be served by vLLM for a causal LM; retrain without them",
                            code="unsupported_modules")
     engine = lora_config if lora_config is not None else EngineLora(max_lora_rank=max_lora_rank or MAX_ENGINE_RANK)
-    rank_refusal = vllm_validate(label, cfg, engine)
-    budget = MatchBudget(label)
-    rank_error = AdapterError(f"{label} has rank {cfg.max_rank} > max_lora_rank {engine.max_lora_rank}",
+    rank_refusal = vllm_validate(who, cfg, engine)
+    budget = MatchBudget(who)
+    rank_error = AdapterError(f"{who} has rank {cfg.max_rank} > max_lora_rank {engine.max_lora_rank}",
                               code="rank_too_high") if rank_refusal is not None else None
     try:
-        modules = _read_weights(label, path, cfg, budget)
+        modules = _read_weights(who, path, cfg, budget)
     except AdapterError as exc:  # vLLM refuses the rank before it reads weights; a config that lies is the cause
         if rank_error is None or exc.code == "shape_mismatch":
             raise
@@ -140,18 +140,18 @@ def admit(
     if rank_error is not None:
         raise rank_error
     raw = cfg.raw
-    check_scalings(label, scalings(cfg.rank, cfg.alpha, dict(cfg.rank_pattern),
+    check_scalings(who, scalings(cfg.rank, cfg.alpha, dict(cfg.rank_pattern),
                                    {k: float(v) for k, v in (raw.get("alpha_pattern") or {}).items()},
                                    bool(raw.get("use_rslora"))))
-    check_values(label, path / WEIGHTS_NAME)
+    check_values(who, path / WEIGHTS_NAME)
     cache = cache if cache is not None else FingerprintCache.default()
     base = base if base is not None else BaseFacts.read(registry.base_path, cache=cache)
-    warnings = _check_base_and_engine(label, modules, cfg, base, engine, budget)
-    declared, verified, base_warnings = _check_declared_base(label, adapter, path, base)
+    warnings = _check_base_and_engine(who, modules, cfg, base, engine, budget)
+    declared, verified, base_warnings = _check_declared_base(who, adapter, path, base)
     try:
         fp, size = fingerprint(path, cache=cache), bytes_on_disk(path)
     except OSError as exc:  # a file removed or replaced while it was being checked
-        raise AdapterError(f"{label}: its files changed while being checked ({exc.strerror})",
+        raise AdapterError(f"{who}: its files changed while being checked ({exc.strerror})",
                            code="adapter_changed") from None
     return Admission(
         name=name,
@@ -186,7 +186,7 @@ _VLLM_REASONS = (
 )
 
 
-def vllm_validate(label: str, cfg: AdapterConfig, engine: EngineLora) -> str | None:
+def vllm_validate(who: str, cfg: AdapterConfig, engine: EngineLora) -> str | None:
     """Run vLLM's adapter-config validation, as its worker does before loading: ``PEFTHelper`` built from the
     config (what ``PEFTHelper.from_local_dir`` does, on the bytes admission already read within its size limit,
     so the file is neither re-read unbounded nor swapped in between), then ``validate_legal`` against the
@@ -213,10 +213,10 @@ def vllm_validate(label: str, cfg: AdapterConfig, engine: EngineLora) -> str | N
         refusal = next((c for c in codes if c != "rank_too_high"), None)
         if refusal is None and codes:
             return message
-        raise AdapterError(f"{label}: vLLM refuses its {CONFIG_NAME}: {message}",
+        raise AdapterError(f"{who}: vLLM refuses its {CONFIG_NAME}: {message}",
                            code=refusal or "config_invalid") from None
     except (TypeError, AttributeError, KeyError, OverflowError, ZeroDivisionError, RecursionError) as exc:
-        raise AdapterError(f"{label}: vLLM cannot read its {CONFIG_NAME}: {type(exc).__name__}: {_one_line(exc)}",
+        raise AdapterError(f"{who}: vLLM cannot read its {CONFIG_NAME}: {type(exc).__name__}: {_one_line(exc)}",
                            code="config_invalid") from None
     return None
 
@@ -237,88 +237,88 @@ def _vllm() -> tuple[type, type]:
 # -- the weights against the config, the base and the engine ---------------------------------------------------------
 
 
-def _read_weights(label: str, path: Path, cfg: AdapterConfig, budget: MatchBudget) -> list[LoraModule]:
+def _read_weights(who: str, path: Path, cfg: AdapterConfig, budget: MatchBudget) -> list[LoraModule]:
     """The adapted modules, sorted, once the weights are known to be what the config describes."""
     weights = path / WEIGHTS_NAME
     if not os.path.lexists(weights):  # present but not a regular file (a FIFO, a device): read_header refuses it
         pickled = [p.name for p in (path / "adapter_model.bin", path / "adapter_model.pt") if p.is_file()]
         if pickled:
-            raise AdapterError(f"{label}: {pickled[0]} is a pickle, which cannot be checked without running it; "
+            raise AdapterError(f"{who}: {pickled[0]} is a pickle, which cannot be checked without running it; "
                                f"convert it to {WEIGHTS_NAME}", code="weights_format")
-        raise AdapterError(f"{label}: {weights} not found", code="weights_missing")
-    tensors = read_header(weights, label=label)
-    check_dtypes(label, {name: info.dtype for name, info in tensors.items()})
+        raise AdapterError(f"{who}: {weights} not found", code="weights_missing")
+    tensors = read_header(weights, who=who)
+    check_dtypes(who, {name: info.dtype for name, info in tensors.items()})
     modules, other = lora_modules(tensors)
     if named := adapter_name_segments(other):
         example = next(n for n in other if adapter_name_segments([n]))
         raise AdapterError(
-            f"{label}: {WEIGHTS_NAME} tensor names carry PEFT's adapter name {_short(repr(sorted(named)[0]))} "
+            f"{who}: {WEIGHTS_NAME} tensor names carry PEFT's adapter name {_short(repr(sorted(named)[0]))} "
             f"(e.g. {_short(example, 200)}): it was saved with model.state_dict() instead of save_pretrained(); "
             "re-save it with model.save_pretrained(DIR)", code="weights_state_dict")
     if other:
-        raise AdapterError(f"{label}: {WEIGHTS_NAME} holds non-LoRA tensors ({_short(', '.join(other[:3]))}): full "
+        raise AdapterError(f"{who}: {WEIGHTS_NAME} holds non-LoRA tensors ({_short(', '.join(other[:3]))}): full "
                            "module weights (modules_to_save, resized embeddings) cannot be served",
                            code="unsupported_modules")
     if not modules:
-        raise AdapterError(f"{label}: {WEIGHTS_NAME} holds no LoRA weights: it would silently serve the base model",
+        raise AdapterError(f"{who}: {WEIGHTS_NAME} holds no LoRA weights: it would silently serve the base model",
                            code="no_target_match")
     ordered = sorted(modules.values(), key=lambda m: m.module)
     for mod in ordered:
-        _check_against_config(label, mod, cfg, budget)
+        _check_against_config(who, mod, cfg, budget)
     return ordered
 
 
-def _check_base_and_engine(label: str, modules: list[LoraModule], cfg: AdapterConfig, base: BaseFacts,
+def _check_base_and_engine(who: str, modules: list[LoraModule], cfg: AdapterConfig, base: BaseFacts,
                            engine: EngineLora, budget: MatchBudget) -> tuple[str, ...]:
     """The weights against the base's layers and the engine's target filter; returns warnings."""
     if base.tensors is not None:  # a pickled base: its shapes are unknown here, vLLM checks them at load
         linear = base.linear_modules()
         if not any(cfg.targets(m, budget) for m in linear):
             names = sorted({m.rsplit(".", 1)[-1] for m in linear})
-            raise AdapterError(f"{label}: target_modules {_short(cfg.target_regex or list(cfg.target_modules))} "
+            raise AdapterError(f"{who}: target_modules {_short(cfg.target_regex or list(cfg.target_modules))} "
                                f"match no linear layer of the base (it has {', '.join(names)}): it would silently "
                                "serve the base model", code="no_target_match")
         for mod in modules:
-            _check_against_base(label, mod, base, linear)
-    return _check_engine_filter(label, modules, engine)
+            _check_against_base(who, mod, base, linear)
+    return _check_engine_filter(who, modules, engine)
 
 
-def _check_against_config(label: str, mod: LoraModule, cfg: AdapterConfig, budget: MatchBudget) -> None:
+def _check_against_config(who: str, mod: LoraModule, cfg: AdapterConfig, budget: MatchBudget) -> None:
     """The config must describe its weights, or PEFT refuses to load the adapter and vLLM serves something else."""
     name = mod.module
     if mod.a is None or mod.b is None or len(mod.a) != 2 or len(mod.b) != 2:
-        raise AdapterError(f"{label}: {_short(name)} lacks a 2-D lora_A or lora_B", code="shape_mismatch")
+        raise AdapterError(f"{who}: {_short(name)} lacks a 2-D lora_A or lora_B", code="shape_mismatch")
     rank = mod.a[0]
     if mod.b[1] != rank:
-        raise AdapterError(f"{label}: {_short(name)} lora_A rank {rank} != lora_B rank {mod.b[1]}",
+        raise AdapterError(f"{who}: {_short(name)} lora_A rank {rank} != lora_B rank {mod.b[1]}",
                            code="shape_mismatch")
     if not cfg.targets(name, budget):
-        raise AdapterError(f"{label}: {WEIGHTS_NAME} has weights for {_short(name)}, which {CONFIG_NAME} does not "
+        raise AdapterError(f"{who}: {WEIGHTS_NAME} has weights for {_short(name)}, which {CONFIG_NAME} does not "
                            f"target (target_modules {_short(cfg.target_regex or list(cfg.target_modules))}"
                            f"{', layers_to_transform ' + str(list(cfg.layers_to_transform)) if cfg.layers_to_transform else ''}"
                            "): PEFT would not load them", code="weights_untargeted")
     want = cfg.rank_for(name, budget)
     if rank != want:
         source = "its rank_pattern" if want != cfg.rank else f"r={cfg.rank}"
-        raise AdapterError(f"{label}: {_short(name)} has LoRA rank {rank} in {WEIGHTS_NAME} but {CONFIG_NAME} gives "
+        raise AdapterError(f"{who}: {_short(name)} has LoRA rank {rank} in {WEIGHTS_NAME} but {CONFIG_NAME} gives "
                            f"it rank {want} ({source}): the config does not describe its weights",
                            code="shape_mismatch")
 
 
-def _check_against_base(label: str, mod: LoraModule, base: BaseFacts, linear: dict[str, tuple[int, int]]) -> None:
+def _check_against_base(who: str, mod: LoraModule, base: BaseFacts, linear: dict[str, tuple[int, int]]) -> None:
     name = mod.module
     assert mod.a is not None and mod.b is not None  # _check_against_config ran first
     layer = base.layer_of(name)
     if name not in linear:
         if layer is not None and base.num_layers is not None and layer >= base.num_layers:
-            raise AdapterError(f"{label}: weights for layer {layer} ({_short(name)}) but the base has "
+            raise AdapterError(f"{who}: weights for layer {layer} ({_short(name)}) but the base has "
                                f"{base.num_layers} layers: trained on another model", code="shape_mismatch")
-        raise AdapterError(f"{label}: weights for {_short(name)}, which the base does not have", code="unknown_module")
+        raise AdapterError(f"{who}: weights for {_short(name)}, which the base does not have", code="unknown_module")
     rank = mod.a[0]
     out_dim, in_dim = linear[name]
     if mod.embedding:  # lora_embedding_A: [r, vocab], lora_embedding_B: [hidden, r]
         if mod.a[1] != out_dim:
-            raise AdapterError(f"{label}: {name} delta covers a vocabulary of {mod.a[1]}, the base has {out_dim}: "
+            raise AdapterError(f"{who}: {name} delta covers a vocabulary of {mod.a[1]}, the base has {out_dim}: "
                                "added tokens cannot be served", code="unsupported_modules")
         want = (in_dim, rank)
         got = mod.b
@@ -326,11 +326,11 @@ def _check_against_base(label: str, mod: LoraModule, base: BaseFacts, linear: di
         want, got = (in_dim, out_dim), (mod.a[1], mod.b[0])
     if got != want:
         hidden = f" (base hidden_size {base.hidden_size})" if base.hidden_size else ""
-        raise AdapterError(f"{label}: {name} expects in/out {want[0]}x{want[1]} from the base{hidden}, adapter has "
+        raise AdapterError(f"{who}: {name} expects in/out {want[0]}x{want[1]} from the base{hidden}, adapter has "
                            f"{got[0]}x{got[1]}: trained on another model size", code="shape_mismatch")
 
 
-def _check_engine_filter(label: str, modules: list[LoraModule], engine: EngineLora) -> tuple[str, ...]:
+def _check_engine_filter(who: str, modules: list[LoraModule], engine: EngineLora) -> tuple[str, ...]:
     """``--lora-target-modules``: no module left is ``no_target_match``; some dropped is a warning."""
     if engine.target_modules is None:
         return ()
@@ -344,11 +344,11 @@ def _check_engine_filter(label: str, modules: list[LoraModule], engine: EngineLo
             dropped[suffix] = dropped.get(suffix, 0) + 1
     flag = f"--lora-target-modules {_short(' '.join(engine.target_modules))}"
     if sum(dropped.values()) == len(modules):
-        raise AdapterError(f"{label}: the engine's {flag} keeps none of its modules ({', '.join(sorted(dropped))}): "
+        raise AdapterError(f"{who}: the engine's {flag} keeps none of its modules ({', '.join(sorted(dropped))}): "
                            "it would silently serve the base model", code="no_target_match")
     if dropped:
         parts = [s if n == total[s] else f"{s} ({n} of {total[s]})" for s, n in sorted(dropped.items())]
-        return (f"{label}: the engine's {flag} drops its weights for {', '.join(parts)} (not served)",)
+        return (f"{who}: the engine's {flag} drops its weights for {', '.join(parts)} (not served)",)
     return ()
 
 
@@ -387,41 +387,41 @@ def _is_in_target_modules(module_name: str, target_modules: tuple[str, ...] | li
 # -- where the adapter is and what base it declares ------------------------------------------------------------------
 
 
-def _adapter_dir(label: str, registry: Registry, spec: AdapterSpec, root: Path | None) -> Path:
+def _adapter_dir(who: str, registry: Registry, spec: AdapterSpec, root: Path | None) -> Path:
     """The adapter directory; ``AdapterError`` path_invalid, path_escape or path_missing."""
     try:
         path = registry.adapter_path(spec)
         if root is not None and not _inside(path, root):
-            raise AdapterError(f"{label}: path {_short(str(spec.path))} resolves outside {root}", code="path_escape")
+            raise AdapterError(f"{who}: path {_short(str(spec.path))} resolves outside {root}", code="path_escape")
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        raise AdapterError(f"{label}: path {path} is not a directory", code="path_missing") from None
+        raise AdapterError(f"{who}: path {path} is not a directory", code="path_missing") from None
     except (ValueError, TypeError, OSError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise AdapterError(f"{label}: path {_short(str(spec.path))} is not usable ({detail})",
+        raise AdapterError(f"{who}: path {_short(str(spec.path))} is not usable ({detail})",
                            code="path_invalid") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise AdapterError(f"{label}: path {_short(str(path))} is not a directory", code="path_missing")
+        raise AdapterError(f"{who}: path {_short(str(path))} is not a directory", code="path_missing")
     return path
 
 
-def _check_declared_base(label: str, spec: AdapterSpec, path: Path, base: BaseFacts) -> tuple[str | None, bool, tuple]:
+def _check_declared_base(who: str, spec: AdapterSpec, path: Path, base: BaseFacts) -> tuple[str | None, bool, tuple]:
     stamp = read_stamp(path, name=spec.name)
     if spec.base_fingerprint and stamp and spec.base_fingerprint != stamp:
-        raise AdapterError(f"{label}: base_fingerprint {spec.base_fingerprint} (registered or requested) but "
+        raise AdapterError(f"{who}: base_fingerprint {spec.base_fingerprint} (registered or requested) but "
                            f"{STAMP_NAME} says {stamp}",
                            code="base_conflict")
     declared = spec.base_fingerprint or stamp
     served = base.fingerprint.value
     if declared is None:
         if spec.allow_unverified_base:
-            return None, False, (f"{label} declares no base; served on {served} unverified "
+            return None, False, (f"{who} declares no base; served on {served} unverified "
                                  "(allow_unverified_base: true)",)
-        raise AdapterError(f"{label} does not declare the base it was trained on: run `tenantserve stamp {path} "
+        raise AdapterError(f"{who} does not declare the base it was trained on: run `tenantserve stamp {path} "
                            f"--base BASE_DIR` with the training base, or set base_fingerprint in the registry "
                            "(or allow_unverified_base: true to serve it anyway)", code="base_undeclared")
     if declared != served:
-        raise AdapterError(f"{label} was trained on base {declared}, but the served base is {served}",
+        raise AdapterError(f"{who} was trained on base {declared}, but the served base is {served}",
                            code="base_mismatch")
     return declared, True, ()
 

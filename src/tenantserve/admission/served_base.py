@@ -47,19 +47,19 @@ class BaseFacts:
         if fp is None:
             cache = cache if cache is not None else FingerprintCache.default()
             fp = fingerprint(path, cache=cache, workers=workers, on_progress=on_progress)
-        label = f"base at {path}"
+        who = f"base at {path}"
         try:
-            config = json.loads(read_bounded(path / "config.json", _CONFIG_LIMIT, label=label,
+            config = json.loads(read_bounded(path / "config.json", _CONFIG_LIMIT, who=who,
                                              too_large="base_config_invalid", unreadable="base_config_invalid",
                                              error=BaseModelError))
         except FileNotFoundError:
-            raise BaseModelError(f"{label}: config.json not found", code="base_config_missing") from None
+            raise BaseModelError(f"{who}: config.json not found", code="base_config_missing") from None
         except (ValueError, RecursionError) as exc:
-            raise BaseModelError(f"{label}: config.json unreadable: {exc}", code="base_config_invalid") from None
+            raise BaseModelError(f"{who}: config.json unreadable: {exc}", code="base_config_invalid") from None
         if not isinstance(config, dict):
-            raise BaseModelError(f"{label}: config.json is not an object", code="base_config_invalid")
+            raise BaseModelError(f"{who}: config.json is not an object", code="base_config_invalid")
         shards = sorted(path.glob("*.safetensors"))
-        tensors = read_headers(shards, label=label, error=BaseModelError, limit=BASE_HEADER_LIMIT) if shards else None
+        tensors = read_headers(shards, who=who, error=BaseModelError, limit=BASE_HEADER_LIMIT) if shards else None
         return cls(
             path=path,
             fingerprint=fp,

@@ -107,40 +107,40 @@ class AdapterStore:
 
     # -- reading a tenant's folder ---------------------------------------------------------------------------------
 
-    def digest(self, source: Path, *, label: str = "adapter", follow_symlinks: bool = True,
+    def digest(self, source: Path, *, who: str = "adapter", follow_symlinks: bool = True,
                inside: Path | None = None) -> str:
         """The content fingerprint of a folder as ``put`` would store it, without copying (a stat per unchanged file).
 
         Raises ``AdapterError`` (``path_missing``, ``path_escape``, ``file_symlink``, ``file_not_regular``,
         ``file_too_large``, ``unreadable``) exactly as ``put`` would."""
-        with _Folder.open(source, label, inside) as folder:
+        with _Folder.open(source, who, inside) as folder:
             opened = folder.files(self.limits, follow_symlinks)
             try:
-                return manifest_digest(self._digests(opened, label))
+                return manifest_digest(self._digests(opened, who))
             finally:
                 _close(opened)
 
-    def put(self, source: Path, *, label: str = "adapter", follow_symlinks: bool = True,
+    def put(self, source: Path, *, who: str = "adapter", follow_symlinks: bool = True,
             inside: Path | None = None) -> StoredAdapter:
         """Copy an adapter folder's served files into the store (once per content) and return the copy.
 
         ``follow_symlinks=False`` refuses symlinked files (a tenant's link to another tenant's weights); ``inside``:
         the folder must resolve inside it (checked on the opened directory, so a swapped link cannot escape).
         Raises ``AdapterError`` for the folder's faults and ``AdapterStoreError`` when the store cannot be written."""
-        with _Folder.open(source, label, inside) as folder:
+        with _Folder.open(source, who, inside) as folder:
             opened = folder.files(self.limits, follow_symlinks)
             try:
                 if WEIGHTS_NAME not in opened:
                     pickled = [n for n in PICKLED_WEIGHTS if folder.exists(n)]
                     if pickled:
-                        raise AdapterError(f"{label}: {pickled[0]} is a pickle, which cannot be checked without "
+                        raise AdapterError(f"{who}: {pickled[0]} is a pickle, which cannot be checked without "
                                            f"running it; convert it to {WEIGHTS_NAME}", code="weights_format")
                 known = self._cached(opened)
                 if known is not None:
                     value = manifest_digest(known)
                     if self._intact(self.path_for(value), known):
                         return StoredAdapter(self.path_for(value), value, known, copied=False)
-                return self._copy(opened, label)
+                return self._copy(opened, who)
             finally:
                 _close(opened)
 
@@ -150,18 +150,18 @@ class AdapterStore:
         found = {name: self.cache.lookup(f.key) for name, f in opened.items()}
         return None if any(v is None for v in found.values()) else found  # type: ignore[return-value]
 
-    def _digests(self, opened: dict[str, _Open], label: str) -> dict[str, str]:
+    def _digests(self, opened: dict[str, _Open], who: str) -> dict[str, str]:
         known = {}
         for name, f in opened.items():
             hit = self.cache.lookup(f.key) if self.cache is not None else None
-            known[name] = hit or _hash_into(f, None, self.limits[name], label)
+            known[name] = hit or _hash_into(f, None, self.limits[name], who)
         if self.cache is not None:
             self.cache.store({f.key: known[n] for n, f in opened.items()})
         return known
 
     # -- writing the store -----------------------------------------------------------------------------------------
 
-    def _copy(self, opened: dict[str, _Open], label: str) -> StoredAdapter:
+    def _copy(self, opened: dict[str, _Open], who: str) -> StoredAdapter:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
@@ -173,7 +173,7 @@ class AdapterStore:
             for name, f in opened.items():
                 fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 with os.fdopen(fd, "wb") as out:
-                    digests[name] = _hash_into(f, out, self.limits[name], label)
+                    digests[name] = _hash_into(f, out, self.limits[name], who)
                     out.flush()
                     os.fsync(out.fileno())
                 os.chmod(tmp / name, 0o444)
@@ -235,24 +235,24 @@ class _Open:
 class _Folder:
     """An adapter folder opened once as a directory; its files are opened relative to it (no path re-walks)."""
 
-    def __init__(self, fd: int, path: Path, label: str) -> None:
-        self.fd, self.path, self.label = fd, path, label
+    def __init__(self, fd: int, path: Path, who: str) -> None:
+        self.fd, self.path, self.who = fd, path, who
         self.top: Path | None = None  # every opened file must really be inside it (links followed)
 
     @classmethod
-    def open(cls, source: Path, label: str, inside: Path | None) -> _Folder:
+    def open(cls, source: Path, who: str, inside: Path | None) -> _Folder:
         try:
             fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
-            raise AdapterError(f"{label}: path {source} is not a directory", code="path_missing") from None
+            raise AdapterError(f"{who}: path {source} is not a directory", code="path_missing") from None
         except OSError as exc:
-            raise AdapterError(f"{label}: cannot open {source}: {exc.strerror}", code="unreadable") from None
+            raise AdapterError(f"{who}: cannot open {source}: {exc.strerror}", code="unreadable") from None
         real = _real(fd, source)
         top = Path(os.path.realpath(inside)) if inside is not None else None
         if top is not None and (real == top or top not in real.parents):
             os.close(fd)
-            raise AdapterError(f"{label}: path {source} resolves outside {inside}", code="path_escape")
-        folder = cls(fd, real, label)
+            raise AdapterError(f"{who}: path {source} resolves outside {inside}", code="path_escape")
+        folder = cls(fd, real, who)
         folder.top = top
         return folder
 
@@ -285,20 +285,20 @@ class _Folder:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise AdapterError(f"{self.label}: {where} is a symbolic link; adapter files must be regular files "
+                raise AdapterError(f"{self.who}: {where} is a symbolic link; adapter files must be regular files "
                                    "in the adapter's own folder", code="file_symlink") from None
-            raise AdapterError(f"{self.label}: cannot open {where}: {exc.strerror}", code="unreadable") from None
+            raise AdapterError(f"{self.who}: cannot open {where}: {exc.strerror}", code="unreadable") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise AdapterError(f"{self.label}: {where} is not a regular file", code="file_not_regular")
+                raise AdapterError(f"{self.who}: {where} is not a regular file", code="file_not_regular")
             if st.st_size > limit:
-                raise AdapterError(f"{self.label}: {where} is {st.st_size} bytes, above the limit of {limit}",
+                raise AdapterError(f"{self.who}: {where} is {st.st_size} bytes, above the limit of {limit}",
                                    code="file_too_large")
             os.set_blocking(fd, True)
             real = _real(fd, Path(where))
             if self.top is not None and self.top not in real.parents:
-                raise AdapterError(f"{self.label}: {where} resolves outside {self.top}", code="path_escape")
+                raise AdapterError(f"{self.who}: {where} resolves outside {self.top}", code="path_escape")
             key = FileKey(str(real), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
             return _Open(name, fd, st.st_size, key)
         except BaseException:
@@ -312,7 +312,7 @@ class _Folder:
         os.close(self.fd)
 
 
-def _hash_into(f: _Open, out: object, limit: int, label: str) -> str:
+def _hash_into(f: _Open, out: object, limit: int, who: str) -> str:
     """sha256 of an opened file from its start, reading at most ``limit`` bytes (copying them to ``out``)."""
     digest = hashlib.sha256()
     offset = 0
@@ -323,13 +323,13 @@ def _hash_into(f: _Open, out: object, limit: int, label: str) -> str:
                 break
             offset += len(chunk)
             if offset > limit:
-                raise AdapterError(f"{label}: {f.name} grew above the limit of {limit} bytes while being read",
+                raise AdapterError(f"{who}: {f.name} grew above the limit of {limit} bytes while being read",
                                    code="file_too_large")
             digest.update(chunk)
             if out is not None:
                 out.write(chunk)  # type: ignore[attr-defined]
     except OSError as exc:
-        raise AdapterError(f"{label}: cannot read {f.name}: {exc.strerror}", code="unreadable") from None
+        raise AdapterError(f"{who}: cannot read {f.name}: {exc.strerror}", code="unreadable") from None
     return digest.hexdigest()
 
 
@@ -371,15 +371,15 @@ def admit_stored(registry: Registry, adapter: AdapterSpec, store: AdapterStore, 
     ``adapter_changed`` when its folder no longer holds that content; nothing is copied then. Other refusals are
     ``admit``'s (run on the copy, against ``lora_config`` when given) and ``put``'s. Serve ``stored.path``, never the
     folder."""
-    label = f"adapter '{adapter.name}'"
+    who = f"adapter '{adapter.name}'"
     folder = registry.adapter_path(adapter)
     pinned = adapter.fingerprint
     if pinned:
-        _require_pin(label, folder, pinned, store.digest(folder, label=label, follow_symlinks=follow_symlinks,
+        _require_pin(who, folder, pinned, store.digest(folder, who=who, follow_symlinks=follow_symlinks,
                                                          inside=inside))
-    stored = store.put(folder, label=label, follow_symlinks=follow_symlinks, inside=inside)
+    stored = store.put(folder, who=who, follow_symlinks=follow_symlinks, inside=inside)
     if pinned:
-        _require_pin(label, folder, pinned, stored.fingerprint)
+        _require_pin(who, folder, pinned, stored.fingerprint)
     try:
         admission = admit(registry, adapter.model_copy(update={"path": stored.path}), max_lora_rank=max_lora_rank,
                           base=base, cache=cache, lora_config=lora_config)
@@ -388,16 +388,16 @@ def admit_stored(registry: Registry, adapter: AdapterSpec, store: AdapterStore, 
     return stored, admission
 
 
-def changed_error(label: str, folder: Path, pinned: str, actual: str) -> AdapterError:
+def changed_error(who: str, folder: Path, pinned: str, actual: str) -> AdapterError:
     """The refusal for a folder whose content is no longer what was admitted."""
-    return AdapterError(f"{label}: the files in {folder} changed after admission (admitted {_short(pinned)}, now "
+    return AdapterError(f"{who}: the files in {folder} changed after admission (admitted {_short(pinned)}, now "
                         f"{_short(actual)}); restore them, or offboard and onboard the adapter again to serve the new "
                         "files", code="adapter_changed")
 
 
-def _require_pin(label: str, folder: Path, pinned: str, actual: str) -> None:
+def _require_pin(who: str, folder: Path, pinned: str, actual: str) -> None:
     if actual != pinned:
-        raise changed_error(label, folder, pinned, actual)
+        raise changed_error(who, folder, pinned, actual)
 
 
 def _short(value: str) -> str:

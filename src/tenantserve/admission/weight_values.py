@@ -31,12 +31,12 @@ MAX_SCALING = 1e3
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
 
-def check_dtypes(label: str, dtypes: dict[str, str]) -> None:
+def check_dtypes(who: str, dtypes: dict[str, str]) -> None:
     """``dtypes``: tensor name -> safetensors dtype. Raises ``AdapterError`` (weights_dtype) for a non-float one."""
     odd = sorted((name, dtype) for name, dtype in dtypes.items() if dtype not in FLOAT_DTYPES)
     if odd:
         name, dtype = odd[0]
-        raise AdapterError(f"{label}: tensor {name} is {dtype}; LoRA weights must be floating point "
+        raise AdapterError(f"{who}: tensor {name} is {dtype}; LoRA weights must be floating point "
                            f"({', '.join(sorted(FLOAT_DTYPES))})", code="weights_dtype")
 
 
@@ -53,17 +53,17 @@ def scalings(rank: int, alpha: float, rank_pattern: dict[str, int], alpha_patter
     return out
 
 
-def check_scalings(label: str, values: dict[str, float]) -> None:
+def check_scalings(who: str, values: dict[str, float]) -> None:
     """Raises ``AdapterError`` (scaling_out_of_range) for a zero, non-finite or too large scaling."""
     for where, value in values.items():
         if not math.isfinite(value) or value == 0 or abs(value) > MAX_SCALING:
             what = "lora_alpha / r" if where == "default" else f"the scaling for {where!r}"
-            raise AdapterError(f"{label}: {what} is {value:g}; it must be non-zero and at most {MAX_SCALING:g} in "
+            raise AdapterError(f"{who}: {what} is {value:g}; it must be non-zero and at most {MAX_SCALING:g} in "
                                "magnitude (zero serves the base silently; larger overflows the layers after it)",
                                code="scaling_out_of_range")
 
 
-def check_values(label: str, weights: Path) -> None:
+def check_values(who: str, weights: Path) -> None:
     """Read every tensor of ``weights`` (one at a time) and refuse NaN, infinite or out-of-range values.
     Raises ``AdapterError`` (weights_not_finite, weights_out_of_range, weights_invalid when unreadable)."""
     import torch
@@ -77,14 +77,14 @@ def check_values(label: str, weights: Path) -> None:
                     continue  # check_dtypes refused these already
                 values = tensor.float()
                 if not bool(torch.isfinite(values).all()):
-                    raise AdapterError(f"{label}: tensor {name} holds NaN or infinite values; vLLM would spread "
+                    raise AdapterError(f"{who}: tensor {name} holds NaN or infinite values; vLLM would spread "
                                        "them through the shared KV cache", code="weights_not_finite")
                 largest = float(values.abs().max()) if values.numel() else 0.0
                 if largest > MAX_ABS_WEIGHT:
-                    raise AdapterError(f"{label}: tensor {name} has a value of magnitude {largest:g} > "
+                    raise AdapterError(f"{who}: tensor {name} has a value of magnitude {largest:g} > "
                                        f"{MAX_ABS_WEIGHT:g}; trained LoRA weights are far smaller",
                                        code="weights_out_of_range")
     except AdapterError:
         raise
     except Exception as exc:  # safetensors' own parse errors: the header check normally catches these first
-        raise AdapterError(f"{label}: {weights.name} cannot be read: {str(exc)[:200]}", code="weights_invalid") from None
+        raise AdapterError(f"{who}: {weights.name} cannot be read: {str(exc)[:200]}", code="weights_invalid") from None

@@ -8,6 +8,9 @@ a truncated download is shorter than the header says.
 Tenants write their own adapter folders: a file may be huge, a FIFO (an open() that never returns), a device
 (``/dev/zero``: endless) or have a NUL byte in its name. ``open_untrusted`` opens without blocking and accepts only
 regular files; ``read_bounded`` never reads more than its limit (+1 byte, to tell "too large").
+
+``who`` (every function here, and across admission): how an error message names what is being read, its first
+words (``adapter 'sql'``, ``base at /models/llama``). Not a Prometheus label: it is never counted, only shown.
 """
 
 from __future__ import annotations
@@ -39,13 +42,16 @@ _CHUNK = 64 << 10
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """One tensor of a safetensors header: ``dtype`` as safetensors spells it (``F32``, ``BF16``, ...), ``shape`` in
+    elements, outermost first (a linear weight is (out, in))."""
+
     dtype: str
     shape: tuple[int, ...]
 
 
 @contextmanager
 def open_untrusted(
-    path: Path, *, label: str, unreadable: str, error: type[TenantserveError] = AdapterError
+    path: Path, *, who: str, unreadable: str, error: type[TenantserveError] = AdapterError
 ) -> Iterator[tuple[BinaryIO, int]]:
     """Open a regular file for reading without blocking; yield (file, size in bytes).
 
@@ -58,13 +64,13 @@ def open_untrusted(
     except FileNotFoundError:
         raise
     except ValueError as exc:  # "embedded null byte"
-        raise error(f"{label}: {_show(path)} is not a usable path ({exc})", code="path_invalid") from None
+        raise error(f"{who}: {_show(path)} is not a usable path ({exc})", code="path_invalid") from None
     except OSError as exc:
-        raise error(f"{label}: cannot read {_show(path)}: {exc.strerror}", code=unreadable) from None
+        raise error(f"{who}: cannot read {_show(path)}: {exc.strerror}", code=unreadable) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{label}: {_show(path)} is not a regular file", code="file_not_regular")
+            raise error(f"{who}: {_show(path)} is not a regular file", code="file_not_regular")
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as fh:
             yield fh, st.st_size
@@ -73,16 +79,16 @@ def open_untrusted(
 
 
 def read_bounded(
-    path: Path, limit: int, *, label: str, too_large: str, unreadable: str,
+    path: Path, limit: int, *, who: str, too_large: str, unreadable: str,
     error: type[TenantserveError] = AdapterError,
 ) -> bytes:
     """The whole of a small untrusted file: at most ``limit`` bytes are ever read.
 
     Larger (now, or grown while read): ``error`` with code ``too_large``. Errors as ``open_untrusted``.
     """
-    with open_untrusted(path, label=label, unreadable=unreadable, error=error) as (fh, size):
+    with open_untrusted(path, who=who, unreadable=unreadable, error=error) as (fh, size):
         if size > limit:
-            raise _too_large(error, label, path, size, limit, too_large)
+            raise _too_large(error, who, path, size, limit, too_large)
         chunks: list[bytes] = []
         total = 0
         try:
@@ -93,14 +99,14 @@ def read_bounded(
                 chunks.append(chunk)
                 total += len(chunk)
         except OSError as exc:
-            raise error(f"{label}: cannot read {_show(path)}: {exc.strerror}", code=unreadable) from None
+            raise error(f"{who}: cannot read {_show(path)}: {exc.strerror}", code=unreadable) from None
     if total > limit:  # it grew while read
-        raise _too_large(error, label, path, total, limit, too_large)
+        raise _too_large(error, who, path, total, limit, too_large)
     return b"".join(chunks)
 
 
 def read_header(
-    path: Path, *, label: str, error: type[TenantserveError] = AdapterError, limit: int = ADAPTER_HEADER_LIMIT
+    path: Path, *, who: str, error: type[TenantserveError] = AdapterError, limit: int = ADAPTER_HEADER_LIMIT
 ) -> dict[str, TensorInfo]:
     """Tensor infos of one safetensors file whose header is at most ``limit`` bytes.
 
@@ -108,32 +114,32 @@ def read_header(
     weights_header_too_large, weights_truncated or weights_invalid.
     """
     try:
-        with open_untrusted(path, label=label, unreadable="weights_unreadable", error=error) as (fh, size):
+        with open_untrusted(path, who=who, unreadable="weights_unreadable", error=error) as (fh, size):
             try:
                 head = fh.read(8)
                 if len(head) < 8:
-                    raise _truncated(error, label, path, f"{size} bytes, shorter than the 8-byte header length")
+                    raise _truncated(error, who, path, f"{size} bytes, shorter than the 8-byte header length")
                 (n,) = struct.unpack("<Q", head)
                 if n > limit:
                     if n > size:
-                        raise _invalid(error, label, path, f"header length {n} is not plausible")
-                    raise error(f"{label}: {path.name} has a {n}-byte header, above the {limit}-byte limit for "
+                        raise _invalid(error, who, path, f"header length {n} is not plausible")
+                    raise error(f"{who}: {path.name} has a {n}-byte header, above the {limit}-byte limit for "
                                 "this file", code="weights_header_too_large")
                 if n > size - 8:
-                    raise _truncated(error, label, path, f"header says {n} bytes of JSON, file has {size - 8}")
+                    raise _truncated(error, who, path, f"header says {n} bytes of JSON, file has {size - 8}")
                 raw = fh.read(n)
             except OSError as exc:
-                raise error(f"{label}: cannot read {path}: {exc.strerror}", code="weights_unreadable") from None
+                raise error(f"{who}: cannot read {path}: {exc.strerror}", code="weights_unreadable") from None
     except FileNotFoundError:
-        raise error(f"{label}: {path} not found", code="weights_missing") from None
+        raise error(f"{who}: {path} not found", code="weights_missing") from None
     if len(raw) < n:
-        raise _truncated(error, label, path, f"header says {n} bytes of JSON, file has {len(raw)}")
+        raise _truncated(error, who, path, f"header says {n} bytes of JSON, file has {len(raw)}")
     try:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _invalid(error, label, path, "header is not valid JSON") from None
+        raise _invalid(error, who, path, "header is not valid JSON") from None
     if not isinstance(header, dict):
-        raise _invalid(error, label, path, "header is not a JSON object")
+        raise _invalid(error, who, path, "header is not a JSON object")
     tensors: dict[str, TensorInfo] = {}
     data_end = 0
     for name, info in header.items():
@@ -145,32 +151,34 @@ def read_header(
                 raise ValueError(dims)
             shape, begin, end = tuple(_dim(d) for d in dims), _dim(begin), _dim(end)
         except (KeyError, TypeError, ValueError):
-            raise _invalid(error, label, path, f"tensor {_short(name)} has a malformed entry") from None
+            raise _invalid(error, who, path, f"tensor {_short(name)} has a malformed entry") from None
         width = _DTYPE_BYTES.get(dtype)
         if width is None or end < begin or (end - begin) != math.prod(shape) * width:
-            raise _invalid(error, label, path,
+            raise _invalid(error, who, path,
                            f"tensor {_short(name)}: {_short(dtype)} {list(shape)[:8]} does not fit bytes {begin}..{end}")
         tensors[name] = TensorInfo(dtype, shape)
         data_end = max(data_end, end)
     have = size - 8 - n
     if have < data_end:
-        raise _truncated(error, label, path, f"{have} bytes of tensor data, header needs {data_end}")
+        raise _truncated(error, who, path, f"{have} bytes of tensor data, header needs {data_end}")
     return tensors
 
 
 def read_headers(
-    paths: list[Path], *, label: str, error: type[TenantserveError] = AdapterError, limit: int = ADAPTER_HEADER_LIMIT
+    paths: list[Path], *, who: str, error: type[TenantserveError] = AdapterError, limit: int = ADAPTER_HEADER_LIMIT
 ) -> dict[str, TensorInfo]:
-    """All tensors of a (possibly sharded) checkpoint."""
+    """All tensors of a (possibly sharded) checkpoint, by name (a name in two shards: the later one's). Errors as
+    ``read_header``."""
     tensors: dict[str, TensorInfo] = {}
     for path in paths:
-        tensors.update(read_header(path, label=label, error=error, limit=limit))
+        tensors.update(read_header(path, who=who, error=error, limit=limit))
     return tensors
 
 
-def dtype_bytes(path: Path, *, label: str) -> int:
-    """Bytes per element of a safetensors file's first tensor (header only); 4 when it holds no tensor."""
-    tensors = read_header(path, label=label)
+def dtype_bytes(path: Path, *, who: str) -> int:
+    """Bytes per element of a safetensors file's first tensor (header only); 4 when it holds no tensor. Errors as
+    ``read_header``."""
+    tensors = read_header(path, who=who)
     first = next(iter(tensors.values()), None)
     return _DTYPE_BYTES[first.dtype] if first else 4
 
@@ -191,14 +199,14 @@ def _show(path: Path) -> str:
     return _short(str(path), 200)
 
 
-def _too_large(error: type[TenantserveError], label: str, path: Path, size: int, limit: int,
+def _too_large(error: type[TenantserveError], who: str, path: Path, size: int, limit: int,
                code: str) -> TenantserveError:
-    return error(f"{label}: {path.name} is larger than {limit} bytes (at least {size}); refused unread", code=code)
+    return error(f"{who}: {path.name} is larger than {limit} bytes (at least {size}); refused unread", code=code)
 
 
-def _truncated(error: type[TenantserveError], label: str, path: Path, detail: str) -> TenantserveError:
-    return error(f"{label}: {path.name} is truncated ({detail}); copy it again", code="weights_truncated")
+def _truncated(error: type[TenantserveError], who: str, path: Path, detail: str) -> TenantserveError:
+    return error(f"{who}: {path.name} is truncated ({detail}); copy it again", code="weights_truncated")
 
 
-def _invalid(error: type[TenantserveError], label: str, path: Path, detail: str) -> TenantserveError:
-    return error(f"{label}: {path.name} is not a valid safetensors file ({detail})", code="weights_invalid")
+def _invalid(error: type[TenantserveError], who: str, path: Path, detail: str) -> TenantserveError:
+    return error(f"{who}: {path.name} is not a valid safetensors file ({detail})", code="weights_invalid")

@@ -115,7 +115,7 @@ def adapter_bills(registry: Registry, shapes: LinearShapes) -> list[AdapterBill]
         path = registry.adapter_path(adapter)
         cfg = AdapterConfig.read(path, name=adapter.name)
         safetensors = [f for f in weight_files(path) if f.suffix == ".safetensors"]
-        width = dtype_bytes(safetensors[0], label=f"adapter '{adapter.name}'") if safetensors else 4
+        width = dtype_bytes(safetensors[0], who=f"adapter '{adapter.name}'") if safetensors else 4
         formula = adapter_bytes(shapes, cfg.target_modules, cfg.rank, width)
         bills.append(AdapterBill(adapter.name, cfg, formula, bytes_on_disk(path)))
     return bills
@@ -150,7 +150,7 @@ def registry_plan_values(registry: Registry) -> dict[str, object]:
             m for m in largest.target_modules if m in ALL_LINEAR_MODULES)
         files = [f for f in weight_files(registry.adapter_path(spec)) if f.suffix == ".safetensors"]
         if files:
-            values["dtype_bytes"] = dtype_bytes(files[0], label=f"adapter '{spec.name}'")
+            values["dtype_bytes"] = dtype_bytes(files[0], who=f"adapter '{spec.name}'")
     if registry.engine.dtype in DTYPE_BYTES:  # the engine runs adapters in its own dtype
         values["dtype_bytes"] = DTYPE_BYTES[registry.engine.dtype]
     return values

@@ -48,7 +48,7 @@ class ServedContent:
     def put(self, registry: Registry, tenant_id: str, adapter: AdapterSpec) -> StoredAdapter:
         """Copy a folder into the store for onboarding (blocking I/O: run it in a thread)."""
         folder = registry.adapter_path(adapter)
-        return self.store.put(folder, label=f"adapter '{adapter.name}'", inside=self.scope(tenant_id, folder))
+        return self.store.put(folder, who=f"adapter '{adapter.name}'", inside=self.scope(tenant_id, folder))
 
     def resolve(self, registry: Registry, tenant_id: str, adapter: AdapterSpec, served: str | None) -> Path:
         """The store copy to serve ``adapter`` from, checked against its folder (blocking: run it in a thread).
@@ -56,22 +56,22 @@ class ServedContent:
         ``served``: the path the engine lists for it now. Raises ``AdapterError`` (``adapter_changed``,
         ``path_missing``, ...) when the folder no longer holds the expected content."""
         folder = registry.adapter_path(adapter)
-        label = f"adapter '{adapter.name}'"
+        who = f"adapter '{adapter.name}'"
         inside = self.scope(tenant_id, folder)
         expected = self.expected(adapter, folder, served)
         if expected is None:
-            stored = self.store.put(folder, label=label, inside=inside)
+            stored = self.store.put(folder, who=who, inside=inside)
             return stored.path
-        actual = self.store.digest(folder, label=label, inside=inside)
+        actual = self.store.digest(folder, who=who, inside=inside)
         if actual != expected:
-            raise changed_error(label, folder, expected, actual)
+            raise changed_error(who, folder, expected, actual)
         path = self.store.path_for(expected)
         if served == str(path):
             self._loaded[adapter.name] = (folder, expected)
         elif not path.is_dir():  # the store was cleared: the folder still holds the content, copy it again
-            stored = self.store.put(folder, label=label, inside=inside)
+            stored = self.store.put(folder, who=who, inside=inside)
             if stored.fingerprint != expected:
-                raise changed_error(label, folder, expected, stored.fingerprint)
+                raise changed_error(who, folder, expected, stored.fingerprint)
         return path
 
     def expected(self, adapter: AdapterSpec, folder: Path, served: str | None) -> str | None:

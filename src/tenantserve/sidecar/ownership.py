@@ -76,24 +76,24 @@ def inspect(folder: Path, directory: Path) -> Layout:
     return Layout(folder=os.path.realpath(folder), directory=real_dir, entries=tuple(entries))
 
 
-def check(label: str, layout: Layout, others: Iterable[tuple[str, str]]) -> None:
+def check(who: str, layout: Layout, others: Iterable[tuple[str, str]]) -> None:
     """Refuse a layout that leaves the tenant's folder (``path_escape``) or overlaps an adapter directory of another
     tenant (``PathOwned``). ``others``: (tenant id, realpath of its registered adapter directory). Pure."""
     if not _within(layout.directory, layout.folder):
-        raise AdapterError(f"{label}: its directory resolves to {layout.directory}, outside the tenant's folder "
+        raise AdapterError(f"{who}: its directory resolves to {layout.directory}, outside the tenant's folder "
                            f"{layout.folder}", code="path_escape")
     for name, real in layout.entries:
         if not _within(real, layout.folder):
-            raise AdapterError(f"{label}: {name} resolves to {real}, outside the tenant's folder {layout.folder}",
+            raise AdapterError(f"{who}: {name} resolves to {real}, outside the tenant's folder {layout.folder}",
                                code="path_escape")
     for owner, theirs in others:
         if _within(layout.directory, theirs) or _within(theirs, layout.directory):
-            raise PathOwned(f"{label}: directory {layout.directory} overlaps {theirs}, registered to tenant {owner}")
+            raise PathOwned(f"{who}: directory {layout.directory} overlaps {theirs}, registered to tenant {owner}")
         for name, real in layout.entries:
             if _within(real, theirs):
-                raise PathOwned(f"{label}: {name} resolves into {theirs}, registered to tenant {owner}")
+                raise PathOwned(f"{who}: {name} resolves into {theirs}, registered to tenant {owner}")
     if layout.directory == layout.folder:
-        raise AdapterError(f"{label}: {layout.directory} is the tenant's folder itself; an adapter lives in a "
+        raise AdapterError(f"{who}: {layout.directory} is the tenant's folder itself; an adapter lives in a "
                            "subfolder of it (e.g. <root>/<tenant>/<adapter>)", code="path_invalid")
 
 
