@@ -41,6 +41,7 @@ from tenantserve.middleware.errors import (
     IdentityUnavailable,
     ModelNotFound,
     RateLimited,
+    RegistryUnavailable,
 )
 from tenantserve.middleware.metrics import TenantMetrics
 from tenantserve.middleware.policy import (
@@ -54,12 +55,13 @@ from tenantserve.middleware.policy import (
     check_client_salt,
     check_tenant_priority,
     classify,
-    label,
     model_card_id,
     requested_sequences,
     retry_after,
 )
-from tenantserve.middleware.watch import RegistryWatcher
+from tenantserve.registry.metric_labels import ANONYMOUS_LABEL, OTHER_LABEL, bounded_label
+from tenantserve.registry.schema import Registry
+from tenantserve.registry.watch import RegistryWatcher
 from tenantserve.vllm_plugin.patching import when_imported
 
 Scope = dict[str, Any]
@@ -70,9 +72,6 @@ log = logging.getLogger("tenantserve.middleware")
 REGISTRY_ENV = "TENANTSERVE_REGISTRY"
 #: The server secret tenant cache salts are derived from; the launcher sets a fresh one per launch.
 SALT_SECRET_ENV = "TENANTSERVE_CACHE_SALT_SECRET"
-#: Metric label placeholders (reserved tenant ids, see registry.RESERVED_TENANT_IDS).
-ANONYMOUS_LABEL = "anonymous"
-OTHER_LABEL = "other"
 #: The one field a tenant's model card keeps (OpenAI's; vLLM adds ``root``, a server path, and ``parent``).
 MODEL_CARD_FIELDS = ("id", "object", "created", "owned_by")
 IDENTITY_MAX_BODY = 1024
@@ -96,7 +95,10 @@ class TenantMiddleware:
             raise RuntimeError(f"tenantserve middleware: set {REGISTRY_ENV} to the registry file")
         self.app = app
         self.environ = environ
-        self.watcher = RegistryWatcher(Path(path), environ=environ, interval=reload_interval)
+        #: The registry file, stat'ed per request (``reload_interval`` 0) and reloaded when it changed; a version
+        #: that fails to load keeps the last good view (and is logged).
+        self.watcher = RegistryWatcher(Path(path), lambda p: _access_view(p, environ), interval=reload_interval,
+                                       on_error=_reload_refused)
         self.metrics = TenantMetrics(metrics_registry or prometheus_client.REGISTRY)
         self.in_flight: dict[str, int] = {}  # tenant id -> sequences in flight
         self.typical_seconds: dict[str, float] = {}  # tenant id -> moving average of its request durations
@@ -137,6 +139,8 @@ class TenantMiddleware:
         sequences = 1
         try:
             view = self.watcher.current()
+            if view is None:  # fail closed: no version of the registry ever loaded
+                raise RegistryUnavailable(f"the tenant registry {self.watcher.path} could not be loaded")
             if route is Route.IDENTITY:
                 return await self._identity(view, scope, receive, send)
             caller = authorize(view, route, _token(scope), _client(scope))
@@ -203,7 +207,7 @@ class TenantMiddleware:
 
     async def _serve_tenant(self, view: AccessView, caller: str, model: str | None, route: Route, sequences: int,
                             scope: Scope, receive: Any, send: Any, started: float) -> None:
-        model_label = label(model, view.allowed_models(caller), OTHER_LABEL) if model else OTHER_LABEL
+        model_label = bounded_label(model, view.allowed_models(caller))
         status = ["500"]
         gauge = self.metrics.in_flight.labels(caller)
         gauge.inc()
@@ -236,6 +240,15 @@ class TenantMiddleware:
             await _not_found_as_ours(self.app, scope, receive, send, model)
         else:
             await self.app(scope, receive, send)
+
+
+def _access_view(path: Path, environ: Mapping[str, str]) -> AccessView:
+    """The access rules of the registry file (``RegistryError`` when it does not load)."""
+    return AccessView.build(Registry.load(path, check_paths=False), environ)
+
+
+def _reload_refused(exc: Exception) -> None:
+    log.warning("tenantserve: registry not reloaded, keeping the last good version: %s", exc)
 
 
 def _tenant_label(caller: Caller | None) -> str:

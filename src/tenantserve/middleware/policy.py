@@ -314,11 +314,6 @@ def _authorize_admin(view: AccessView, token: str | None, client: str | None) ->
     raise AdminOnly("this route needs the admin token")
 
 
-def label(value: str | None, allowed: frozenset[str] | Mapping[str, object], other: str) -> str:
-    """A bounded Prometheus label: known values pass, anything else becomes ``other``."""
-    return value if value is not None and value in allowed else other
-
-
 __all__ = ["ADMIN", "AccessError", "AccessView", "Admin", "Caller", "Route", "authorize", "canonical_path",
-           "check_client_salt", "classify", "is_loopback", "label", "model_card_id", "requested_sequences",
+           "check_client_salt", "classify", "is_loopback", "model_card_id", "requested_sequences",
            "retry_after"]
