@@ -1,6 +1,10 @@
 """The ``tenantserve`` command: a thin layer of parse -> call -> print -> exit code over the Python API.
 
 Errors raised inside as ``TenantserveError`` become one line on stderr and the error's exit code, never a traceback.
+One module per command, named after it (``launch``, ``demo``, ``check``, ``fingerprint``, ``stamp``, ``sidecar``,
+``up``, ``tenants``, ``adapters``, ``keys``, ``simulate``, ``plan``, ``verify``), each calling the package that does
+the work (``engine/``, ``admission/``, ``sidecar/``, ``planning/``, ``demo/``, ``verify/``, ``registry/``).
+``options`` holds the options several commands share; ``opsclient`` the operator commands' HTTP calls to a sidecar.
 """
 
 from __future__ import annotations

@@ -7,6 +7,14 @@ server, in EngineCore and in every worker. Nothing is imported or counted eagerl
 when ``vllm.v1.core.sched.scheduler`` is imported (EngineCore), the slot hooks when ``vllm.lora.worker_manager`` is
 (workers; only with ``--enable-lora``). So the plugin costs the API server nothing and is a no-op without LoRA.
 Registering twice attaches once.
+
+- ``slots``: slot hits, misses, evictions and load times, counted around vLLM's LRU adapter manager (workers).
+- ``defers``: requests deferred because the step's adapter slots were full, per adapter (EngineCore).
+- ``metrics``: the counters themselves; ``labels``: adapter names bounded by the registry (else ``other``).
+- ``cpu_lora_fix``, ``lora_delta``: vLLM's CPU LoRA ops replaced (base rows get no delta; one grouped matmul pair
+  per distinct adapter).
+- ``slot_order``: a step's resident adapters are activated first, so it never evicts one it needs.
+- ``patching``: attaching to vLLM once a module is imported, never twice, never fatally.
 """
 
 from __future__ import annotations
