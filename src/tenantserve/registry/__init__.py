@@ -5,6 +5,9 @@
 - ``yamlpos``: YAML parsed once with the line of every key; duplicate keys refused.
 - ``yamlkeep``: rewriting the operator's YAML with new data, comments, key order and quoting kept.
 - ``keys``: tenant API keys: issue, list, revoke, authenticate (pure, over the models).
+- ``watch``: the registry file followed as it changes (one ``FileState``: mtime in ns, size, inode; the last good
+  registry kept), for the middleware, the vLLM plugin and the sidecar alike.
+- ``metric_labels``: Prometheus label values bounded by the registry (anything it does not name is ``other``).
 
 Everything else reads the registry through these modules; nothing here starts an engine or reads adapter weights.
 """
