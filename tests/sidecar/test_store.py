@@ -16,15 +16,16 @@ import pytest
 
 from tenantserve.errors import RegistryError
 from tenantserve.registry.schema import AdapterSpec, Registry, TenantSpec
+from tenantserve.registry.watch import file_state
 from tenantserve.sidecar.store import RegistryStore
 
 
 def test_mutate_persists_and_bumps_generation(registry_file: Path) -> None:
     store = RegistryStore(registry_file)
-    before = store.stamp()
+    before = file_state(registry_file)
     asyncio.run(store.mutate(lambda r: r.tenants.append(TenantSpec(id="globex"))))
     assert [t.id for t in Registry.load(registry_file, check_paths=False).tenants] == ["acme", "globex"]
-    assert store.generation == 1 and store.stamp() != before
+    assert store.generation == 1 and file_state(registry_file) != before
 
 
 def test_invalid_change_is_refused_and_the_file_is_untouched(registry_file: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tenantserve.errors import AdapterError, EngineError, RegistryError, TenantserveError
 from tenantserve.registry.schema import AdapterSpec, Registry
+from tenantserve.registry.watch import FileWatch
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.content import ServedContent
 from tenantserve.sidecar.engine_client import AdapterAlreadyLoaded, EngineClient, EngineUnverified
@@ -113,12 +114,13 @@ class Reconciler:
             await asyncio.sleep(self.config.health_interval)
 
     async def _watch_file(self) -> None:
-        seen = self.store.stamp()
+        """A pass whenever the file changes (``registry.watch``: mtime in ns, size, inode). The pass reads it through
+        the store, which keeps the last good registry and the error of a broken one."""
+        watch = FileWatch(self.store.path)
+        watch.changed()  # the version the first pass (``start``) reads
         while True:
             await asyncio.sleep(self.config.watch_interval)
-            now = self.store.stamp()
-            if now != seen:
-                seen = now
+            if watch.changed():
                 self.trigger()
 
     # -- one pass --------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -25,9 +24,6 @@ from tenantserve.sidecar.errors import RegistryWriteError
 
 T = TypeVar("T")
 log = logging.getLogger("tenantserve.sidecar")
-
-#: What identifies one version of the file on disk: a rename (atomic save, ConfigMap swap) changes the inode.
-Stamp = tuple[int, int, int] | None
 
 
 class RegistryStore:
@@ -70,13 +66,6 @@ class RegistryStore:
             return self.load(), None
         except RegistryError as exc:
             return self.last_good, exc.message
-
-    def stamp(self) -> Stamp:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     async def mutate(self, change: Callable[[Registry], T]) -> T:
         """Apply ``change`` to the current registry and persist the result; ``change`` raises to abort."""
