@@ -13,11 +13,16 @@ from tenantserve.registry.schema import Registry
 from tests.sidecar.serving import SidecarThread
 
 
+#: vLLM's ``type`` per status (``create_error_response``): the sidecar answers in the engine's vocabulary.
+VLLM_TYPES = {400: "BadRequestError", 401: "UnauthorizedError", 404: "NotFoundError", 409: "ConflictError",
+              422: "UnprocessableEntityError"}
+
+
 def _error(resp, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
     assert resp.status_code == status, resp.text
     body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
-    assert body["error"]["code"] == code, body
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code and body["error"]["type"] == VLLM_TYPES[status], body
     return body["error"]
 
 

@@ -16,7 +16,7 @@ DEPTH = 100_000
 def _shape(resp: httpx.Response, statuses: tuple[int, ...]) -> str:
     assert resp.status_code in statuses, (resp.status_code, resp.text[:300])
     body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
     assert "Traceback" not in resp.text
     return body["error"]["code"]
 

@@ -13,6 +13,8 @@ import ipaddress
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tenantserve.bearer import bearer_token
+from tenantserve.errors import Reason
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.http import error_response
 
@@ -52,10 +54,10 @@ class ExposureGuard:
         if kind == "metrics":
             which = "TENANTSERVE_METRICS_TOKEN or " + which
         if presented is None:
-            response = error_response(401, "missing_token", f"{scope['path']} off loopback: send 'Authorization: "
+            response = error_response(401, Reason.MISSING_TOKEN, f"{scope['path']} off loopback: send 'Authorization: "
                                       f"Bearer <{which}>'")
         elif not any(hmac.compare_digest(presented.encode(), t.encode()) for t in allowed_tokens(self.config, kind)):
-            response = error_response(401, "invalid_token", f"{scope['path']}: invalid token (needs {which})")
+            response = error_response(401, Reason.INVALID_TOKEN, f"{scope['path']}: invalid token (needs {which})")
         else:
             return await self.app(scope, receive, send)
         await response(scope, receive, send)
@@ -64,6 +66,5 @@ class ExposureGuard:
 def _bearer(scope: Scope) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+            return bearer_token(value.decode("latin-1"))
     return None

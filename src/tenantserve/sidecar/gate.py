@@ -2,14 +2,15 @@
 
 An unauthenticated client never gets its body read (``/admin/...`` without the right bearer token: 401 from the
 headers alone), and no client can make the sidecar buffer more than ``MAX_BODY_BYTES``: a larger ``Content-Length``
-is 413 at once, a chunked body is read only up to the cap (413 past it). Both in the one error shape. The routes'
-``require_admin`` dependency still checks the token too.
+is 413 at once, a chunked body is read only up to the cap (413 past it). Both in the one error body
+(``tenantserve.api_errors``). The routes' ``require_admin`` dependency still checks the token too.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenantserve.errors import Reason
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.http import error_response, token_refusal
 
@@ -38,11 +39,12 @@ class AdminGate:
             refused = token_refusal(self.config, _header(scope, b"authorization"))
             if refused is not None:
                 return await error_response(401, *refused)(scope, receive, send)
-        too_big = error_response(413, "body_too_large", f"the request body is larger than {self.max_body} bytes")
+        too_big = error_response(413, Reason.BODY_TOO_LARGE, f"the request body is larger than {self.max_body} bytes")
         length = _header(scope, b"content-length")
         if length is not None and (not length.strip().isdigit() or int(length) > self.max_body):
             if not length.strip().isdigit():
-                return await error_response(400, "malformed_request", "invalid Content-Length")(scope, receive, send)
+                bad_length = error_response(400, Reason.MALFORMED_REQUEST, "invalid Content-Length")
+                return await bad_length(scope, receive, send)
             return await too_big(scope, receive, send)
         if length is None and _header(scope, b"transfer-encoding") is None:
             return await self.app(scope, receive, send)  # no body
