@@ -25,6 +25,7 @@ _FORMAT = 1
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the cache lives (module docstring), from ``environ`` (default ``os.environ``); nothing is created."""
     env = os.environ if environ is None else environ
     if env.get("TENANTSERVE_CACHE_DIR"):
         return Path(env["TENANTSERVE_CACHE_DIR"])
@@ -46,11 +47,14 @@ class FileKey:
 
     @classmethod
     def of(cls, path: Path) -> FileKey:
+        """The key of ``path``'s real file (symlinks resolved). Raises ``OSError`` when it cannot be stat'ed."""
         real = os.path.realpath(path)
         st = os.stat(real)
         return cls(real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
-    def stamp(self) -> list[int]:
+    def stat_values(self) -> list[int]:
+        """The stat fields the cache file records (its ``stat`` entry): size in bytes, mtime and ctime in ns, inode,
+        device."""
         return [self.size, self.mtime_ns, self.ctime_ns, self.inode, self.device]
 
 
@@ -80,8 +84,9 @@ class FingerprintCache:
         return data["files"]
 
     def lookup(self, key: FileKey) -> str | None:
+        """The remembered sha256 (hex) for ``key``; None when unknown, changed, or hashed too soon after a change."""
         entry = self._entries.get(key.path)
-        if not isinstance(entry, dict) or entry.get("stat") != key.stamp():
+        if not isinstance(entry, dict) or entry.get("stat") != key.stat_values():
             return None
         if max(key.mtime_ns, key.ctime_ns) + self.racy_window_ns > int(entry.get("hashed_at_ns", 0)):
             return None
@@ -89,12 +94,13 @@ class FingerprintCache:
         return digest if isinstance(digest, str) else None
 
     def store(self, digests: dict[FileKey, str], *, hashed_at_ns: int | None = None) -> None:
-        """Remember digests (``hashed_at_ns``: when reading began; default now) and write the cache file."""
+        """Remember digests (``hashed_at_ns``: when reading began; default now) and write the cache file. Never
+        raises for the file: an unwritable cache is skipped (the next run hashes again)."""
         now = time.time_ns() if hashed_at_ns is None else hashed_at_ns
         merged = self._read()
         merged.update(self._entries)
         for key, digest in digests.items():
-            merged[key.path] = {"stat": key.stamp(), "sha256": digest, "hashed_at_ns": now}
+            merged[key.path] = {"stat": key.stat_values(), "sha256": digest, "hashed_at_ns": now}
         merged = {p: e for p, e in merged.items() if os.path.exists(p)}
         if len(merged) > MAX_ENTRIES:
             keep = sorted(merged, key=lambda p: merged[p].get("hashed_at_ns", 0))[-MAX_ENTRIES:]
