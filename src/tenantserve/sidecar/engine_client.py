@@ -42,6 +42,19 @@ class EngineUnverified(EngineError):
 
 
 class EngineClient:
+    """The sidecar's one client of the vLLM API server it runs next to (``base_url``, e.g. ``http://127.0.0.1:8000``).
+
+    Owns the HTTP connection pool (closed by ``aclose``), the admin token and the engine's proof of identity
+    (``verified``): the token is sent only after the proof, never to ``/health``, never when ``send_token`` is False
+    (``security.auth: false``); the proof is forgotten on any connection failure or failed health check.
+    ``timeout``: seconds per request (a load may take long); ``transport``: for tests where no engine can run.
+
+    Raises ``EngineUnverified`` (no proof: nothing carrying the token was sent), ``EngineError`` (unreachable, or an
+    unexpected HTTP status), and from ``load`` ``AdapterAlreadyLoaded`` (409) or ``AdapterError`` (path_missing,
+    rank_too_high, engine_refused, engine_load_failed). ``busy_adapters`` lets httpx's errors through (its caller
+    treats any failure as "nothing to wait on").
+    """
+
     def __init__(self, base_url: str, *, token: str | None = None, send_token: bool = True, timeout: float = 120.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -107,13 +120,15 @@ class EngineClient:
         return {"Authorization": f"Bearer {self._token}"}
 
     async def models(self) -> tuple[str | None, dict[str, str]]:
-        """(base model name, {adapter name: path}) as listed by ``/v1/models``: the actual state."""
+        """(base model name, {adapter name: path}) as listed by ``/v1/models``: the actual state. ``EngineError``
+        when the engine cannot be reached or answers other than 200."""
         data = (await self._get_json("/v1/models"))["data"]
         base = next((m["id"] for m in data if not m.get("parent")), None)
         return base, {m["id"]: m.get("root") or "" for m in data if m.get("parent")}
 
     async def load(self, name: str, path: str) -> float:
-        """Load one adapter; return the seconds vLLM took. Raises typed errors for every refusal."""
+        """Load one adapter from ``path`` (a directory on the engine's host) under ``name``; return the seconds vLLM
+        took. Raises ``AdapterAlreadyLoaded``, ``AdapterError`` (a reason per refusal) or ``EngineError``."""
         start = time.perf_counter()
         resp = await self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
         elapsed = time.perf_counter() - start
@@ -133,7 +148,8 @@ class EngineClient:
         raise AdapterError(f"adapter '{name}': the engine failed to load it: {message}", code="engine_load_failed")
 
     async def unload(self, name: str) -> bool:
-        """Forget the adapter's name (new requests get 404). False when the engine did not know it."""
+        """Forget the adapter's name (new requests get 404). False when the engine did not know it; ``EngineError``
+        for any other failure."""
         resp = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
         if resp.status_code == 404:
             return False
@@ -142,7 +158,8 @@ class EngineClient:
         return True
 
     async def complete(self, model: str, prompt: str, *, max_tokens: int = 1) -> float:
-        """One greedy completion through ``model``; the seconds it took."""
+        """One greedy completion of ``max_tokens`` tokens through ``model``; the seconds it took. ``EngineError`` when
+        it fails."""
         start = time.perf_counter()
         resp = await self._post("/v1/completions",
                                 {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})

@@ -14,6 +14,9 @@ from tenantserve.sidecar.metrics import SidecarMetrics
 
 
 class AdapterState(StrEnum):
+    """``desired``: registered, not (yet) on the engine; ``loading``; ``loaded``: listed and warmed up; ``failed``:
+    the last attempt was refused (``AdapterStatus.last_error``), retried after a backoff."""
+
     DESIRED = "desired"
     LOADING = "loading"
     LOADED = "loaded"
@@ -22,6 +25,9 @@ class AdapterState(StrEnum):
 
 @dataclass
 class AdapterStatus:
+    """One registered adapter as ``GET /admin/adapters`` shows it. Seconds for ``load_seconds`` / ``warmup_seconds``;
+    ``updated`` is wall-clock (``time.time()``), ``next_retry`` monotonic."""
+
     name: str
     tenant: str
     path: str
@@ -36,6 +42,14 @@ class AdapterStatus:
 
 
 class StatusBoard:
+    """The sidecar's in-memory view of every registered adapter's state (``AdapterStatus`` by adapter name).
+
+    Owns that table and keeps the ``tenantserve_adapters{state}`` gauge equal to it after every change. Written by
+    the reconciler and ``AdminService`` from one event loop (no lock); rebuilt from the registry and the engine after
+    a restart, never persisted. ``set`` and ``fail`` raise ``KeyError`` for a name not ``ensure``d first; nothing
+    else raises.
+    """
+
     def __init__(self, metrics: SidecarMetrics) -> None:
         self._metrics = metrics
         self._items: dict[str, AdapterStatus] = {}
@@ -47,6 +61,7 @@ class StatusBoard:
         return sorted(self._items.values(), key=lambda s: (s.tenant, s.name))
 
     def ensure(self, name: str, tenant: str, path: str) -> AdapterStatus:
+        """The adapter's status; a fresh ``desired`` one when it is new or its tenant or path changed."""
         status = self._items.get(name)
         if status is None or status.path != path or status.tenant != tenant:
             status = self._items[name] = AdapterStatus(name, tenant, path)
@@ -62,6 +77,8 @@ class StatusBoard:
         self._publish()
 
     def fail(self, name: str, error: Exception, *, backoff_initial: float, backoff_max: float) -> None:
+        """Mark it failed with ``error`` (its ``code`` when typed) and the next retry after an exponential backoff:
+        ``backoff_initial`` seconds doubled per consecutive attempt, at most ``backoff_max``."""
         status = self._items[name]
         status.attempts += 1
         delay = min(backoff_max, backoff_initial * 2 ** (status.attempts - 1))
