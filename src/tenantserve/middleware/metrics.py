@@ -1,8 +1,9 @@
 """Per-tenant request metrics, emitted inside vLLM's API server.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set before Python starts (the launcher's job), the values go to the multiprocess
-files and appear in vLLM's own ``/metrics``. Labels are bounded by the caller (registry tenants and models, else
-``anonymous``/``other``); the ``reason`` label takes only the middleware's fixed set of refusal reasons.
+files and appear in vLLM's own ``/metrics``. Labels are bounded by the caller through ``registry.metric_labels``
+(registry tenants and models, else ``anonymous``/``other``); the ``reason`` label takes only the middleware's fixed
+set of refusal reasons.
 """
 
 from __future__ import annotations
