@@ -33,6 +33,21 @@ from tenantserve.sidecar.store import RegistryStore
 
 
 class AdminService:
+    """The admin operations on one running engine: onboard and offboard tenants and adapters. The routes call it;
+    the reconciler borrows ``admit`` for its own (re)loads.
+
+    Holds no state of its own: it changes the registry through ``RegistryStore`` (one operation per adapter or tenant
+    at a time, under the store's lock for that name), the engine through ``EngineClient``, adapter states on the
+    ``StatusBoard`` and store copies through ``ServedContent``, and counts each operation
+    (``tenantserve_sidecar_operations_total{operation,result}``). ``base``: the served base's facts, read at start;
+    ``max_lora_rank`` / ``lora_config``: the engine's slots, what admission judges against.
+
+    Raises, for the HTTP edge to translate once: ``TenantNotFound`` / ``NotFound`` (404), ``Conflict`` and
+    ``PathOwned`` (409), ``AdapterError`` (400 with the ownership or admission reason), ``NotServable`` (502: loaded
+    but not listed, or the warm-up failed), ``EngineError`` (502), ``RegistryWriteError`` (503). A refused
+    onboarding leaves the registry and the engine as they were.
+    """
+
     def __init__(self, store: RegistryStore, engine: EngineClient, board: StatusBoard, metrics: SidecarMetrics,
                  config: SidecarConfig, *, max_lora_rank: int | None, base: BaseFacts | None = None,
                  content: ServedContent | None = None, lora_config: EngineLora | None = None) -> None:
