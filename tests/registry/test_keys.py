@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
+from tenantserve.errors import TenantNotFound
 from tenantserve.registry import keys
 from tenantserve.registry.schema import BaseSpec, Registry, TenantSpec
 
@@ -66,8 +68,18 @@ def test_keys_survive_a_save_and_load(tmp_path: Path) -> None:
 
 
 def test_find_tenant_unknown_is_typed() -> None:
-    with pytest.raises(keys.TenantNotFound):
+    with pytest.raises(TenantNotFound) as exc:
         keys.find_tenant(_registry(), "nobody")
+    assert (exc.value.code, exc.value.http_status, exc.value.exit_code) == ("tenant_not_found", 404, 2)
+    assert exc.value.message == "unknown tenant 'nobody'"
+
+
+def test_one_digest_for_keys_and_tokens() -> None:
+    """The stored hash, the index and the middleware's token digests are one function: SHA-256 of the UTF-8
+    (lone surrogates kept, so a hostile header cannot make hashing raise)."""
+    assert keys.key_digest("tsk-abc") == hashlib.sha256(b"tsk-abc").digest()
+    assert keys.hash_key("tsk-abc") == keys.key_digest("tsk-abc").hex()
+    assert keys.key_digest("\udcff") != keys.key_digest("\udcfe")
 
 
 # -- the CLI: parse, call, print, exit code -------------------------------------------------------------------

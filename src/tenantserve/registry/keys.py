@@ -12,7 +12,7 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 
-from tenantserve.errors import TenantserveError
+from tenantserve.errors import Reason, TenantNotFound, TenantserveError
 from tenantserve.registry.schema import ApiKeySpec, Registry, TenantSpec
 
 KEY_PREFIX = "tsk-"
@@ -21,22 +21,21 @@ KEY_PREFIX = "tsk-"
 class KeyNotFound(TenantserveError):
     """No key with that id belongs to the tenant."""
 
-    code = "key_not_found"
+    code = Reason.KEY_NOT_FOUND
     exit_code = 2
     http_status = 404
 
 
-class TenantNotFound(TenantserveError):
-    """No tenant with that id in the registry."""
-
-    code = "tenant_not_found"
-    exit_code = 2
-    http_status = 404
+def key_digest(token: str) -> bytes:
+    """SHA-256 of a presented key or token (its UTF-8, lone surrogates kept): the one digest every key and token is
+    stored, indexed and compared by (``ApiKeySpec.sha256`` holds it in hex; the middleware's admin and metrics
+    tokens too)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def hash_key(key: str) -> str:
-    """Hex SHA-256 of a presented key, the form stored in ``ApiKeySpec.sha256``."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    """Hex ``key_digest`` of a presented key, the form stored in ``ApiKeySpec.sha256``."""
+    return key_digest(key).hex()
 
 
 def new_key() -> tuple[str, str]:
@@ -70,15 +69,17 @@ def revoke_key(tenant: TenantSpec, key_id: str) -> None:
 
 
 def find_tenant(registry: Registry, tenant_id: str) -> TenantSpec:
+    """The tenant with that id; ``TenantNotFound`` (404, exit 2) when the registry has none. The one lookup every
+    caller that needs an existing tenant uses (the key commands, the admin API's tenant and key routes)."""
     tenant = registry.tenant(tenant_id)
     if tenant is None:
-        raise TenantNotFound(f"no tenant '{tenant_id}' in the registry")
+        raise TenantNotFound(tenant_id)
     return tenant
 
 
 def authenticate(registry: Registry, presented_key: str) -> TenantSpec | None:
     """The tenant owning a live key, or None. Every stored hash is compared, in constant time, without early exit."""
-    digest = bytes.fromhex(hash_key(presented_key))
+    digest = key_digest(presented_key)
     found: TenantSpec | None = None
     for tenant in registry.tenants:
         for spec in tenant.api_keys:
@@ -102,4 +103,4 @@ def lookup(index: dict[bytes, str], presented_key: str) -> str | None:
     """Tenant id for a presented key, in O(1). The dict is keyed by the SHA-256 of the key: how long a lookup
     takes depends only on the digest of what the caller sent, which tells an attacker nothing about stored keys
     (to steer it they would need SHA-256 preimages). ``authenticate`` is the scan-everything variant."""
-    return index.get(hashlib.sha256(presented_key.encode("utf-8", "surrogatepass")).digest())
+    return index.get(key_digest(presented_key))

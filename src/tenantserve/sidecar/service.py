@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tenantserve.admission.admit import BaseFacts, EngineLora, admit
 from tenantserve.errors import AdapterError, EngineError, TenantserveError
+from tenantserve.registry.keys import find_tenant
 from tenantserve.registry.schema import AdapterSpec, Registry, TenantSpec
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.content import ServedContent
@@ -138,10 +139,7 @@ class AdminService:
 
     @staticmethod
     def _tenant(registry: Registry, tenant_id: str) -> TenantSpec:
-        tenant = registry.tenant(tenant_id)
-        if tenant is None:
-            raise NotFound(f"unknown tenant '{tenant_id}'", code="tenant_not_found")
-        return tenant
+        return find_tenant(registry, tenant_id)
 
     # -- adapters --------------------------------------------------------------------------------------------------
 
