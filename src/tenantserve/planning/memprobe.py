@@ -40,6 +40,9 @@ def measure(worker: Any) -> dict[str, Any]:
 
 
 def probe(registry_path: str) -> dict[str, Any]:
+    """In this process (imports vLLM, starts an offline engine): ``slot_bytes`` (int), ``slot_bytes_by_module``
+    ({module suffix: bytes}), ``slots`` (``max_loras``), ``adapter_bytes`` ({adapter name: bytes of its A and B}).
+    Raises what ``Registry.load`` and vLLM raise; ``run_probe`` is the contained way to call it."""
     from tenantserve.engine.entry import patch_version
     from tenantserve.planning.memory import registry_plan_values
     from tenantserve.registry.schema import Registry
@@ -66,6 +69,7 @@ def probe(registry_path: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    """``python -m tenantserve.planning.memprobe REGISTRY``: prints ``MEMPROBE <json of probe()>`` on one line."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # our own offline engine: ``measure`` travels pickled
     result = probe(sys.argv[1])

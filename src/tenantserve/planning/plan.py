@@ -18,6 +18,10 @@ ALL_MODULES = ALL_LINEAR_MODULES
 
 @dataclass(frozen=True)
 class PlanInput:
+    """What a plan is computed from. Sizes in bytes (``base_bytes``: the base's weights; ``gpu_bytes``: one GPU's
+    memory; ``dtype_bytes``: per element of an adapter), ``gpu_memory_utilization`` a fraction (vLLM's flag), the
+    rest counts. ``shapes``: the base's layers, (out, in) each."""
+
     shapes: LinearShapes
     base_bytes: int
     dtype_bytes: int = 2
@@ -34,6 +38,11 @@ class PlanInput:
 
 @dataclass(frozen=True)
 class Plan:
+    """The bill, in bytes and GPUs: one adapter (``adapter_bytes``), the slots vLLM reserves per engine at start
+    (``slot_bytes``), the host cache per engine (``host_cache_bytes``), what is left per engine for the KV cache
+    (``kv_bytes_per_engine``; negative: the engine does not fit), GPUs for one deployment per tenant against the
+    consolidated engines."""
+
     adapter_bytes: int
     slot_bytes: int
     host_cache_bytes: int
@@ -44,6 +53,7 @@ class Plan:
 
     @property
     def gpus_saved(self) -> int:
+        """Dedicated GPUs minus consolidated ones (negative when consolidation costs more)."""
         return self.dedicated_gpus - self.consolidated_gpus
 
 
@@ -54,6 +64,8 @@ def gpus_for_base(base_bytes: int, gpu_bytes: int, utilization: float) -> int:
 
 
 def make_plan(p: PlanInput) -> Plan:
+    """The plan for ``p``. Pure. Raises ``ValueError`` when ``adapter_rank > max_lora_rank`` or ``max_cpu_loras <
+    max_loras`` (vLLM refuses both), ``KeyError`` for a target module ``shapes`` lacks."""
     if p.adapter_rank > p.max_lora_rank:
         raise ValueError(f"adapter rank {p.adapter_rank} > max_lora_rank {p.max_lora_rank}")
     if p.max_cpu_loras < p.max_loras:

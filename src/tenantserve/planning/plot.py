@@ -13,6 +13,8 @@ SLOT_COUNTS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 40)
 
 @dataclass(frozen=True)
 class Point:
+    """One simulated run: a traffic shape at one ``max_loras``; rates are fractions in [0, 1]."""
+
     shape: str
     max_loras: int
     hit_rate: float

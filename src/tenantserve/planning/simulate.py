@@ -76,6 +76,7 @@ class SlotState:
 
     @classmethod
     def holding(cls, slots: Iterable[str] = (), host: Iterable[str] = ()) -> SlotState:
+        """Adapters already in the slots and in the host cache, each least recently used first."""
         return cls(OrderedDict.fromkeys(slots), OrderedDict.fromkeys(host))
 
 
@@ -96,10 +97,12 @@ class Result:
 
     @property
     def evictions(self) -> int:
+        """Adapters pushed out of a slot, all adapters together."""
         return sum(self.evicted.values())
 
     @property
     def hit_rate(self) -> float:
+        """Hits / (hits + misses) over adapter-steps, a fraction in [0, 1]; 1.0 when no adapter ran."""
         total = sum(self.hits.values()) + sum(self.misses.values())
         return sum(self.hits.values()) / total if total else 1.0
 
@@ -112,10 +115,12 @@ class Result:
 
     @property
     def deferred_fraction(self) -> float:
+        """Requests deferred at least once / requests, a fraction in [0, 1]."""
         return len(self.deferred_requests) / self.requests if self.requests else 0.0
 
     @property
     def verdict(self) -> str:
+        """``comfortable``, ``strained`` or ``melting`` (``judge``)."""
         return self.judge()[0]
 
     def judge(self) -> tuple[str, str]:

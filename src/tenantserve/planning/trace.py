@@ -52,6 +52,7 @@ class Traffic:
     burst_pool: int = 4
 
     def names(self) -> list[str]:
+        """The generated adapters' names, ``a000`` ... (most requested first when skewed)."""
         return [f"a{i:03d}" for i in range(self.adapters)]
 
 
