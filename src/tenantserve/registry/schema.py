@@ -282,7 +282,12 @@ class Registry(_Strict):
     @classmethod
     def parse(cls, text: str, *, source: str = "<registry>", root: Path | None = None) -> Registry:
         """Validate registry text; errors name the file, the line and the key path."""
-        doc = YamlDocument.parse(text, source=source, error=RegistryError)
+        return cls.from_document(YamlDocument.parse(text, source=source, error=RegistryError), source=source,
+                                 root=root)
+
+    @classmethod
+    def from_document(cls, doc: YamlDocument, *, source: str = "<registry>", root: Path | None = None) -> Registry:
+        """Validate parsed registry YAML; errors name the file, the line and the key path."""
         if not isinstance(doc.data, dict):
             raise RegistryError(f"{source}: the registry must be a mapping with at least a 'base' section")
         try:
@@ -325,27 +330,22 @@ class Registry(_Strict):
 
     def save(self, path: Path | str) -> None:
         """Write atomically: temp file in the same directory, fsync, rename, fsync the directory. An existing file
-        keeps its comments, key order and quoting (``yamlkeep``) whenever the merged text provably means exactly
-        this registry; otherwise it is rewritten as plain YAML."""
+        keeps its comments, key order and quoting whenever the new text provably means exactly this registry
+        (``registry.update.render``); otherwise it is rewritten as plain YAML. No lock and no re-validation: a
+        change to a shared registry goes through ``registry.update.update_registry``."""
+        from tenantserve.registry.update import LoadedRegistry, render
+
         path = Path(path)
-        atomic_write_text(path, self._merged_yaml(path) or self.to_yaml())
-
-    def _merged_yaml(self, path: Path) -> str | None:
-        from tenantserve.registry.yamlkeep import merge_text
-
         try:
-            previous = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
-        full = self.model_dump(mode="json", exclude_none=True)
-        text = merge_text(previous, full, self.model_dump(mode="json", exclude_none=True, exclude_defaults=True))
-        if text is None:
-            return None
-        try:
-            same = Registry.parse(text).model_dump(mode="json", exclude_none=True) == full
-        except RegistryError:
-            return None
-        return text if same else None
+            old = LoadedRegistry.read(path)
+        except RegistryError:  # missing, unreadable or invalid: no layout worth keeping, unless ruamel can merge
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                text = None
+            atomic_write_text(path, render(self, old_text=text))
+            return
+        atomic_write_text(path, render(self, old, old.registry.model_dump(mode="json", exclude_none=True)))
 
 
 class RegistryLock:

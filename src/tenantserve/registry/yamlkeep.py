@@ -6,6 +6,10 @@ applies the new data onto that tree (changed values replaced, removed keys and l
 list items matched by their ``id`` or ``name``) and dumps it. The caller checks the result means exactly the new
 data; whenever the file cannot be merged (not a mapping, list items reordered, ...) it returns None and the caller
 writes plain YAML instead. Comments then are lost, never data.
+
+``splice_text`` is the fast path for one change to a large file: it rewrites only the top-level sections and list
+items (tenants) whose data changed, each through the same round trip on just its own lines, and copies every other
+line as it is. Its cost follows the size of the change, not of the file. Same contract: the caller checks the result.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
@@ -103,3 +108,127 @@ def _merge_seq(old: CommentedSeq, full: list[Any], minimal: list[Any]) -> None:
             _merge(by_id[value[key]], value, small)
         else:
             old.append(small if isinstance(small, dict) and key in small else value)
+
+
+#: The key a list item is wrapped under while its own lines go through the round trip.
+_WRAP = "k:\n"
+
+
+def splice_text(old_text: str, root: yaml.Node | None, before: dict[str, Any], full: dict[str, Any],
+                minimal: dict[str, Any]) -> str | None:
+    """``old_text`` with only its changed regions rewritten to hold ``full``; None when the layout is not one this
+    can edit (flow style, a new or removed top-level key, reordered items, ...): use ``merge_text`` then.
+
+    ``root`` is ``old_text``'s composed node tree (``yamlpos.YamlDocument.node``); ``before`` the data the text
+    holds, in the same normalized form as ``full`` (``model_dump(mode="json", exclude_none=True)`` of the registry
+    it loaded to); ``minimal`` as for ``merge_text``. A top-level section that changed is merged on its own lines;
+    in a block list of mappings with identities (``tenants``), a changed item is merged on its lines, a removed one
+    deleted, a new one written in its minimal form after its predecessor. Comment lines between items stay where
+    they are (above the item they precede)."""
+    if not isinstance(root, yaml.MappingNode) or root.flow_style or not isinstance(before, dict):
+        return None
+    lines = old_text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    keys = [key.value for key, _ in root.value]
+    if any(k not in full or k not in before for k in keys) or any(k in minimal for k in full if k not in keys):
+        return None
+    starts = [key.start_mark.line for key, _ in root.value]
+    edits: list[tuple[int, int, str]] = []
+    for i, (key_node, value_node) in enumerate(root.value):
+        key = key_node.value
+        if before[key] == full[key]:
+            continue
+        if key_node.start_mark.column != 0:
+            return None
+        end = _trim(lines, starts[i], starts[i + 1] if i + 1 < len(starts) else len(lines))
+        if _block_items(value_node) and isinstance(before[key], list) and isinstance(full[key], list):
+            small = minimal.get(key)
+            found = _splice_seq(lines, value_node, end, before[key], full[key],
+                                small if isinstance(small, list) and len(small) == len(full[key]) else full[key])
+        else:
+            text = merge_text("".join(lines[starts[i]:end]), {key: full[key]},
+                              {key: minimal[key]} if key in minimal else {})
+            found = None if text is None else [(starts[i], end, text)]
+        if found is None:
+            return None
+        edits += found
+    return _apply(lines, edits)
+
+
+def _block_items(node: yaml.Node) -> bool:
+    return (isinstance(node, yaml.SequenceNode) and not node.flow_style and bool(node.value)
+            and all(isinstance(item, yaml.MappingNode) and not item.flow_style for item in node.value))
+
+
+def _splice_seq(lines: list[str], node: yaml.SequenceNode, end: int, before: list[Any], full: list[Any],
+                minimal: list[Any]) -> list[tuple[int, int, str]] | None:
+    key = _identity(before) if before else None
+    if key is None or len(before) != len(node.value) or (full and _identity(full) != key):
+        return None
+    starts = [item.start_mark.line for item in node.value]
+    columns = {len(lines[s]) - len(lines[s].lstrip(" ")) for s in starts}
+    if len(columns) != 1 or any(not lines[s].lstrip(" ").startswith("- ") for s in starts):
+        return None
+    column = columns.pop()
+    ends = [_trim(lines, s, starts[i + 1] if i + 1 < len(starts) else end) for i, s in enumerate(starts)]
+    old = {item[key]: i for i, item in enumerate(before)}
+    new = {item[key] for item in full}
+    kept = [item[key] for item in before if item[key] in new]
+    if kept != [item[key] for item in full if item[key] in old]:
+        return None  # reordered: the full merge decides (it refuses too)
+    edits: list[tuple[int, int, str]] = []
+    at = starts[0]  # where a new item goes: after the previous item of the new list
+    for value, small in zip(full, minimal, strict=True):
+        i = old.get(value[key])
+        if i is None:
+            edits.append((at, at, _shift(_dump_item(small if key in small else value), column - 2)))
+            continue
+        if before[i] != value:
+            text = merge_text(_WRAP + _shift("".join(lines[starts[i]:ends[i]]), 2 - column), {"k": [value]},
+                              {"k": [small]})
+            if text is None or not text.startswith(_WRAP):
+                return None
+            edits.append((starts[i], ends[i], _shift(text[len(_WRAP):], column - 2)))
+        at = ends[i]
+    edits += [(starts[i], ends[i], "") for item, i in old.items() if item not in new]
+    return edits
+
+
+def _apply(lines: list[str], edits: list[tuple[int, int, str]]) -> str:
+    out: list[str] = []
+    cursor = 0
+    for start, end, text in sorted(edits, key=lambda e: (e[0], e[1] > e[0])):  # inserts before a replacement
+        if start < cursor:
+            raise ValueError("overlapping edits")  # cannot happen: regions are disjoint
+        out += lines[cursor:start]
+        out.append(text)
+        cursor = end
+    out += lines[cursor:]
+    return "".join(out)
+
+
+def _trim(lines: list[str], start: int, end: int) -> int:
+    """``end`` moved up past blank and comment-only lines: they belong to what follows."""
+    while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+        end -= 1
+    return end
+
+
+def _shift(text: str, by: int) -> str:
+    """Every line indented by ``by`` more spaces (fewer when negative, never past its first character)."""
+    if by == 0:
+        return text
+    out = []
+    for line in text.splitlines(keepends=True):
+        if by > 0:
+            out.append(" " * by + line if line.strip() else line)
+        else:
+            out.append(line[min(-by, len(line) - len(line.lstrip(" "))):])
+    return "".join(out)
+
+
+def _dump_item(item: dict[str, Any]) -> str:
+    out = io.StringIO()
+    _yaml().dump({"k": [item]}, out)
+    return out.getvalue()[len(_WRAP):]
