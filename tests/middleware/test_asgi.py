@@ -44,7 +44,7 @@ def test_other_tenants_adapter_answers_like_an_unknown_model(world: World) -> No
 def test_missing_or_wrong_key_is_401(world: World, key: str | None) -> None:
     resp = _complete(world.make(), key)
     assert resp.status_code == 401
-    assert resp.json()["error"]["type"] == "authentication_error"
+    assert resp.json()["error"]["type"] == "UnauthorizedError"
 
 
 def test_malformed_authorization_headers(world: World) -> None:

@@ -124,7 +124,7 @@ def test_non_string_model_is_400_like_vllm(world: World, model: object) -> None:
     for key in (world.keys["acme"], ADMIN_TOKEN):
         resp = world.make().post("/v1/completions", json={"model": model, "prompt": "x"}, headers=bearer(key))
         assert resp.status_code == 400, resp.text
-        assert resp.json()["error"]["type"] == "invalid_request_error" and resp.json()["error"]["param"] == "model"
+        assert resp.json()["error"]["type"] == "BadRequestError" and resp.json()["error"]["param"] == "model"
 
 
 def test_429s_carry_computed_retry_after_values(world: World) -> None:

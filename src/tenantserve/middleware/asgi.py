@@ -31,6 +31,7 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
+from tenantserve.bearer import bearer_token
 from tenantserve.engine import identity
 from tenantserve.middleware import adapter_guard
 from tenantserve.middleware.body import json_object
@@ -300,8 +301,7 @@ def _is_preflight(scope: Scope) -> bool:
 def _token(scope: Scope) -> str | None:
     auth = _header(scope, b"authorization")
     if auth is not None:
-        scheme, _, token = auth.partition(" ")
-        return token.strip() or None if scheme.lower() == "bearer" else None
+        return bearer_token(auth)
     return _header(scope, b"x-api-key") or None  # the Anthropic-style /v1/messages clients
 
 

@@ -10,7 +10,6 @@ runs on the request vLLM finally serves.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import math
@@ -34,7 +33,7 @@ from tenantserve.middleware.errors import (
     RouteNotFound,
     TooManySequences,
 )
-from tenantserve.registry.keys import key_index, lookup
+from tenantserve.registry.keys import key_digest, key_index, lookup
 from tenantserve.registry.schema import Registry
 
 PUBLIC_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health"), ("GET", "/ping"), ("POST", "/ping")})
@@ -127,10 +126,6 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
 @dataclass(frozen=True)
 class AccessView:
     """The registry as the middleware needs it, built once per registry version."""
@@ -162,8 +157,8 @@ class AccessView:
             limits={t.id: t.max_in_flight or sec.max_in_flight for t in registry.tenants},
             keys=key_index(registry),
             revoked=frozenset(bytes.fromhex(k.sha256) for t in registry.tenants for k in t.api_keys if k.revoked),
-            admin_digest=_digest(admin) if admin else None,
-            metrics_digest=_digest(metrics) if metrics else None,
+            admin_digest=key_digest(admin) if admin else None,
+            metrics_digest=key_digest(metrics) if metrics else None,
             admin_loopback_only=sec.admin_loopback_only,
             max_body_bytes=sec.max_body_bytes,
             all_models=frozenset({base, *(a.name for t in registry.tenants for a in t.adapters)}),
@@ -173,7 +168,9 @@ class AccessView:
         )
 
     def is_admin(self, token: str | None) -> bool:
-        return bool(token) and self.admin_digest is not None and hmac.compare_digest(_digest(token), self.admin_digest)
+        if not token or self.admin_digest is None:
+            return False
+        return hmac.compare_digest(key_digest(token), self.admin_digest)
 
     def tenant_for(self, token: str | None) -> Caller:
         """The tenant id a tenant token belongs to (or ``ADMIN``); raises when there is none."""
@@ -183,7 +180,7 @@ class AccessView:
             return ADMIN
         tenant = lookup(self.keys, token)
         if tenant is None:
-            if _digest(token) in self.revoked:
+            if key_digest(token) in self.revoked:
                 raise RevokedKey("this API key has been revoked")
             raise InvalidKey("invalid API key")
         return tenant
@@ -289,7 +286,7 @@ def authorize(view: AccessView, route: Route, token: str | None, client: str | N
     if route in (Route.PUBLIC, Route.IDENTITY):
         return None
     if route is Route.METRICS:
-        if is_loopback(client) or (token and view.metrics_digest and hmac.compare_digest(_digest(token),
+        if is_loopback(client) or (token and view.metrics_digest and hmac.compare_digest(key_digest(token),
                                                                                         view.metrics_digest)):
             return None
         if not token:
