@@ -7,8 +7,9 @@ from typing import Any
 import click
 import httpx
 
+from tenantserve.bearer import bearer_header
 from tenantserve.engine.runstate import read_state
-from tenantserve.errors import TenantserveError
+from tenantserve.errors import Reason, TenantserveError
 from tenantserve.settings import Settings
 
 
@@ -55,9 +56,8 @@ class AdminClient:
         if token is None:
             secret = _defaults().admin_token
             token = secret.get_secret_value() if secret else None
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._client = httpx.Client(base_url=self.url, headers=bearer_header(token), timeout=timeout)
 
     def call(self, method: str, path: str, body: dict | None = None) -> Any:
         """The answer's JSON; a ``SidecarCallError`` for any refusal (exit 2) or failure (exit 3)."""
@@ -78,7 +78,7 @@ class AdminClient:
         try:
             resp = self._client.request(method, path, json=body)
         except httpx.HTTPError as exc:
-            err = SidecarCallError(f"cannot reach the sidecar at {self.url}: {exc}", code="sidecar_unreachable")
+            err = SidecarCallError(f"cannot reach the sidecar at {self.url}: {exc}", code=Reason.SIDECAR_UNREACHABLE)
             err.exit_code = 3
             raise err from None
         if resp.status_code < 400:
@@ -87,7 +87,7 @@ class AdminClient:
             error = resp.json()["error"]
             message, code = error["message"], error["code"]
         except (ValueError, KeyError, TypeError):
-            message, code = resp.text[:200] or resp.reason_phrase, "http_error"
+            message, code = resp.text[:200] or resp.reason_phrase, Reason.HTTP_ERROR
         err = SidecarCallError(f"{message} (HTTP {resp.status_code})", code=code)
         err.exit_code = 2 if resp.status_code < 500 else 3
         raise err
