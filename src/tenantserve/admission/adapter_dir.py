@@ -46,6 +46,8 @@ class MatchBudget:
         self.deadline = time.monotonic() + seconds
 
     def search(self, compiled: Any, name: str, *, full: bool) -> bool:
+        """Does ``compiled`` (a ``regex`` pattern) match ``name`` (``full``: the whole of it, else from its start)?
+        ``AdapterError`` (config_invalid) when the budget runs out first."""
         left = self.deadline - time.monotonic()
         try:
             if left <= 0:
@@ -85,6 +87,7 @@ class AdapterConfig:
 
     @property
     def all_linear(self) -> bool:
+        """``target_modules: "all-linear"`` (PEFT's shorthand, any case)."""
         return isinstance(self.target_regex, str) and self.target_regex.lower() == ALL_LINEAR
 
     def targets(self, module: str, budget: MatchBudget | None = None) -> bool:
@@ -257,11 +260,13 @@ def _short(value: object, width: int = 80) -> str:
 
 
 def weight_files(model_dir: Path) -> list[Path]:
+    """The top-level weight files of a model or adapter directory (``WEIGHT_SUFFIXES``), sorted by name. Raises
+    ``OSError`` when the directory cannot be listed."""
     return sorted(p for p in model_dir.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
 
 
 def bytes_on_disk(model_dir: Path) -> int:
-    """Bytes of the weight files of a model or adapter directory."""
+    """Bytes of the weight files of a model or adapter directory (``weight_files``). Raises ``OSError``."""
     return sum(p.stat().st_size for p in weight_files(model_dir))
 
 
@@ -289,7 +294,9 @@ def read_stamp(adapter_dir: Path, *, name: str | None = None) -> str | None:
 
 
 def write_stamp(adapter_dir: Path, base_fingerprint: str, *, base_name: str | None = None) -> Path:
-    """Record the base an adapter was trained on (for training pipelines); written atomically."""
+    """Record the base an adapter was trained on (for training pipelines); written atomically; returns the stamp
+    file's path. ``AdapterError``: stamp_invalid (not ``sha256:<64 hex>``), or what ``AdapterConfig.read`` raises
+    when ``adapter_dir`` is not an adapter; ``OSError`` when it cannot be written."""
     if not _FINGERPRINT.match(base_fingerprint):
         raise AdapterError(f"not a fingerprint: {base_fingerprint!r}", code="stamp_invalid")
     AdapterConfig.read(adapter_dir)  # only stamp what is an adapter
@@ -313,7 +320,9 @@ _NAMED_ADAPTER = re.compile(r"\.(?:lora_A|lora_B)\.(?P<adapter>[^.]+)\.weight$|\
 
 @dataclass(frozen=True)
 class LoraModule:
-    """One adapted module of the base: its A and B matrices' shapes (None when missing)."""
+    """One adapted module of the base: its A and B matrices' shapes (None when missing). For a linear layer of
+    weight (out, in): ``a`` is (rank, in), ``b`` (out, rank), as PEFT saves them; for an embedding
+    (``embedding``): ``a`` is (rank, vocab), ``b`` (hidden, rank)."""
 
     module: str
     a: tuple[int, ...] | None

@@ -24,7 +24,7 @@ from pathlib import Path
 from tenantserve.admission.fingerprint_cache import FileKey, FingerprintCache
 from tenantserve.errors import FingerprintError
 
-#: Top-level files that define a model or an adapter (what vLLM reads). Anything else (README, .git, our stamp) is not.
+#: Top-level files that define a model or an adapter (what vLLM reads). Anything else (README, .git, the stamp file) is not.
 MODEL_FILE_PATTERNS: tuple[str, ...] = (
     "*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json",
     "config.json", "generation_config.json", "adapter_config.json",
@@ -39,6 +39,8 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class FileDigest:
+    """One file of a manifest: its name in the directory, its size in bytes, its sha256 (64 hex digits)."""
+
     name: str
     size: int
     sha256: str
@@ -53,6 +55,7 @@ class FileChange:
     actual: str | None  # None: the file is gone
 
     def describe(self) -> str:
+        """One human phrase: the file, and its pinned and current digests (shortened)."""
         if self.actual is None:
             return f"{self.name} (missing; pinned {_short(self.pinned)})"
         if self.pinned is None:
@@ -72,9 +75,11 @@ class Fingerprint:
 
     @property
     def total_bytes(self) -> int:
+        """Bytes of every file in the manifest."""
         return sum(f.size for f in self.files)
 
     def manifest(self) -> dict[str, str]:
+        """File name -> sha256 (hex, no prefix), what ``manifest_digest`` and ``base.files`` hold."""
         return {f.name: f.sha256 for f in self.files}
 
     def diff(self, pinned: dict[str, str]) -> list[FileChange]:
@@ -91,6 +96,7 @@ def manifest_digest(manifest: dict[str, str]) -> str:
 
 
 def is_model_file(name: str) -> bool:
+    """Is a top-level file of this name part of the model (``MODEL_FILE_PATTERNS``, not hidden)?"""
     return not name.startswith(".") and any(fnmatch.fnmatchcase(name, p) for p in MODEL_FILE_PATTERNS)
 
 

@@ -68,9 +68,11 @@ class FingerprintCache:
 
     @classmethod
     def default(cls) -> FingerprintCache:
+        """The user's cache (``default_cache_dir``), loaded. Never raises: a missing or corrupt file is empty."""
         return cls(default_cache_dir()).load()
 
     def load(self) -> FingerprintCache:
+        """Read the cache file (missing or corrupt: start empty); returns self."""
         self._entries = self._read()
         return self
 

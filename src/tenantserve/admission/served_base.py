@@ -84,6 +84,7 @@ class BaseFacts:
         return out
 
     def layer_of(self, module: str) -> int | None:
+        """The decoder block index in a module name (``model.layers.3.mlp.up_proj`` -> 3); None outside a block."""
         m = _LAYER.search("." + module + ".")
         return int(m.group(1)) if m else None
 
@@ -99,6 +100,7 @@ class BaseCheck:
     path: Path | None = None
 
     def message(self) -> str:
+        """One line for the operator: the result, and on a mismatch the changed files and how to re-pin."""
         if self.result == "match":
             return f"base matches its pin {self.actual}"
         if self.result == "unpinned":
