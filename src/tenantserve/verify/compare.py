@@ -29,7 +29,9 @@ class Generation:
 
 @dataclass(frozen=True)
 class PromptDiff:
-    """The verdict for one prompt. ``agreed``: tokens equal before the first divergence (or in total)."""
+    """The verdict for one prompt. ``agreed``: tokens equal before the first divergence (or in total);
+    ``diverged_at``: that token's index (None: none); ``max_logprob_diff``: the largest |logprob difference| in nats
+    on agreeing tokens (None: none compared); ``reason``: why it failed or passed narrowly, else empty."""
 
     passed: bool
     agreed: int
@@ -39,13 +41,14 @@ class PromptDiff:
 
 
 def default_tolerance(engine_dtype: str, base_dtype: str | None) -> float:
-    """The drift allowed for an engine running ``engine_dtype`` ('auto' = the base's ``torch_dtype``)."""
+    """The drift allowed (nats) for an engine running ``engine_dtype`` ('auto' = the base's ``torch_dtype``)."""
     dtype = base_dtype if engine_dtype == "auto" else engine_dtype
     return HALF_TOLERANCE if dtype in ("float16", "bfloat16", "half") else FLOAT32_TOLERANCE
 
 
 def compare(dedicated: Generation, consolidated: Generation, *, tolerance: float) -> PromptDiff:
-    """Apply the rule to one prompt's two generations (names in reasons: 'dedicated', 'consolidated')."""
+    """Apply the rule to one prompt's two generations (names in reasons: 'dedicated', 'consolidated'); ``tolerance``
+    in nats. Pure; raises nothing for well-formed generations (``logprobs`` as long as ``token_ids``)."""
     if dedicated.prompt_ids is not None and consolidated.prompt_ids is not None \
             and dedicated.prompt_ids != consolidated.prompt_ids:
         return PromptDiff(False, 0, 0, None, "the prompt was tokenized differently (another tokenizer?)")

@@ -32,6 +32,8 @@ _TOKEN_ID = "token_id:"
 
 @dataclass(frozen=True)
 class EngineResult:
+    """One request's generation on the engine, with the companion models started beside it."""
+
     generation: Generation
     companions: tuple[str, ...]  # models started beside it
     mixed_with: tuple[str, ...]  # those that were running for its whole life

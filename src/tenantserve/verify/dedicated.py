@@ -71,6 +71,7 @@ class DedicatedModel:
         return self
 
     def tokenize(self, prompt: str) -> list[int]:
+        """The prompt's token ids, as the base's tokenizer gives them (special tokens included)."""
         return list(self._tokenizer(prompt).input_ids)
 
     def generate(self, case: PromptCase, *, top_k: int) -> Generation:

@@ -21,6 +21,8 @@ from tenantserve.verify.prompts import PromptsError
 
 
 class LmEvalMissing(TenantserveError):
+    """``--lm-eval`` without lm-evaluation-harness (and its API client) installed."""
+
     code = "lm_eval_missing"
     exit_code = 2
 
@@ -37,6 +39,8 @@ _INSTALL = "--lm-eval needs lm-evaluation-harness with its API client: pip insta
 
 @dataclass(frozen=True)
 class LmEvalResult:
+    """One task evaluated on both sides: a row per metric, and the companions that shared the engine's batch."""
+
     task: Path
     rows: list[MetricRow]
     companions: tuple[str, ...]
@@ -45,17 +49,21 @@ class LmEvalResult:
 
     @property
     def ok(self) -> bool:
+        """At least one metric, and every one equal on both sides."""
         return bool(self.rows) and all(r.passed for r in self.rows)
 
 
 @dataclass(frozen=True)
 class MetricRow:
+    """One lm-eval metric (``exact_match``, ``acc``: its name without the filter) with its value on each side."""
+
     metric: str
     dedicated: float
     consolidated: float
 
     @property
     def passed(self) -> bool:
+        """Equal on both sides (within 1e-9: the same answers give the same score)."""
         return abs(self.dedicated - self.consolidated) <= 1e-9
 
 
@@ -143,6 +151,7 @@ def _wrapped(method: Callable[..., Any], around: Callable[[], AbstractContextMan
 
 
 def dedicated_args(base_dir: Path, adapter_dir: Path | None) -> dict[str, Any]:
+    """lm-eval's ``hf`` model arguments: the base in float32 on CPU, with the adapter through peft when given."""
     args: dict[str, Any] = {"pretrained": str(base_dir), "dtype": "float32", "device": "cpu"}
     if adapter_dir is not None:
         args["peft"] = str(adapter_dir)
@@ -150,6 +159,8 @@ def dedicated_args(base_dir: Path, adapter_dir: Path | None) -> dict[str, Any]:
 
 
 def consolidated_args(url: str, model: str, tokenizer_dir: Path, token: str | None) -> dict[str, Any]:
+    """lm-eval's ``local-completions`` model arguments: ``model`` on the engine at ``url``, tokenized locally from
+    ``tokenizer_dir``, with ``token`` as the bearer key when given."""
     args: dict[str, Any] = {"base_url": f"{url}/v1/completions", "model": model, "tokenizer": str(tokenizer_dir),
                             "tokenizer_backend": "huggingface", "num_concurrent": 4, "max_retries": 1}
     if token:
@@ -158,4 +169,5 @@ def consolidated_args(url: str, model: str, tokenizer_dir: Path, token: str | No
 
 
 def compare_metrics(dedicated: dict[str, float], consolidated: dict[str, float]) -> list[MetricRow]:
+    """A row per dedicated metric, sorted by name; one the consolidated side lacks is NaN there (so it fails)."""
     return [MetricRow(name, dedicated[name], consolidated.get(name, float("nan"))) for name in sorted(dedicated)]

@@ -28,6 +28,8 @@ class PromptsError(TenantserveError):
 
 @dataclass(frozen=True)
 class PromptCase:
+    """One line of a prompt set: the prompt text and how many tokens to generate for it."""
+
     prompt: str
     max_tokens: int = DEFAULT_MAX_TOKENS
 

@@ -51,6 +51,8 @@ class VerifyRequest:
 
 @dataclass(frozen=True)
 class PromptReport:
+    """One prompt: both sides' generations, the verdict, and the companions that shared the engine's batch."""
+
     case: PromptCase
     dedicated: Generation
     consolidated: Generation
@@ -66,6 +68,8 @@ class PromptReport:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """The whole run for one model (an adapter, or the base when ``is_base``); ``tolerance`` in nats."""
+
     model: str
     is_base: bool
     dedicated_base: Path
@@ -77,9 +81,11 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """Every prompt passed, and the lm-eval task too when one ran."""
         return all(r.diff.passed for r in self.rows) and (self.lm_eval is None or self.lm_eval.ok)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON data (``verify --json``)."""
         return {
             "model": self.model, "is_base": self.is_base, "dedicated_base": str(self.dedicated_base),
             "engine_url": self.engine_url, "tolerance": self.tolerance, "top_k": self.top_k, "ok": self.ok,
