@@ -96,6 +96,7 @@ class Reason(StrEnum):
     ENGINE_REFUSED = "engine_refused"
     ENGINE_LOAD_FAILED = "engine_load_failed"
     ENGINE_UNVERIFIED = "engine_unverified"
+    ENGINE_DOWN = "engine_down"
     MALFORMED_REQUEST = "malformed_request"
     JSON_TOO_DEEP = "json_too_deep"
     METHOD_NOT_ALLOWED = "method_not_allowed"

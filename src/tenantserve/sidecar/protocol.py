@@ -66,13 +66,3 @@ class KeyIssued(BaseModel):
     tenant: str
     key_id: str
     key: str = Field(description="The plaintext API key. Shown once; only its hash is stored.")
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    code: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenantserve.errors import RegistryError
+from tenantserve.api_errors import ErrorResponse
+from tenantserve.errors import Reason, RegistryError
 from tenantserve.registry.schema import Registry
 from tenantserve.sidecar.engine_client import EngineClient, EngineUnverified
 from tenantserve.sidecar.errors import Unauthorized
@@ -16,7 +17,6 @@ from tenantserve.sidecar.http import require_admin
 from tenantserve.sidecar.protocol import (
     AdapterCreate,
     AdapterView,
-    ErrorResponse,
     KeyIssued,
     OffboardView,
     RegistryView,
@@ -155,7 +155,7 @@ async def readyz(request: Request) -> JSONResponse:
     engine: EngineClient = request.app.state.engine
     problems: list[dict[str, str]] = []
     if not await engine.healthy():
-        problems.append({"check": "engine", "code": "engine_down",
+        problems.append({"check": "engine", "code": Reason.ENGINE_DOWN,
                          "message": f"the engine at {engine.base_url} does not answer /health"})
     elif engine.needs_proof:
         try:
@@ -164,7 +164,7 @@ async def readyz(request: Request) -> JSONResponse:
             problems.append({"check": "engine", "code": exc.code, "message": exc.message})
     _, error = await asyncio.to_thread(request.app.state.store.check)
     if error is not None:
-        problems.append({"check": "registry", "code": "registry_invalid", "message": error})
+        problems.append({"check": "registry", "code": Reason.REGISTRY_INVALID, "message": error})
     try:
         await require_admin(request)
         detailed = True
