@@ -45,6 +45,8 @@ ADAPTER_COST = ("what an adapter costs per step (CPU, Llama-2-7B widths, rank 16
 
 @dataclass(frozen=True)
 class Completion:
+    """One answer: the model asked, the prompt, the text and the request's wall time in seconds."""
+
     model: str
     prompt: str
     text: str
@@ -71,6 +73,7 @@ async def complete_together(client: AsyncOpenAI, pairs: list[tuple[str, str]], m
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS's choice; another process may take it before it is used)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -99,6 +102,9 @@ def demo_api_key(registry: Registry, environ: Mapping[str, str]) -> str:
 
 
 class Demo:
+    """``tenantserve demo``: start the engine on ``port`` (its log in ``log_path``, ready within ``timeout`` seconds),
+    send the mixed batch, print what each tenant got, stop the engine. ``failures`` lists what was not seen."""
+
     def __init__(self, registry: Registry, *, console: Console, port: int, log_path: Path, timeout: float,
                  api_key: str = "demo") -> None:
         self.registry = registry

@@ -97,5 +97,6 @@ class ServedContent:
         self._loaded.pop(name, None)
 
     def retain(self, names: set[str]) -> None:
+        """Forget what was loaded for every adapter not in ``names`` (no longer registered)."""
         for name in set(self._loaded) - names:
             del self._loaded[name]

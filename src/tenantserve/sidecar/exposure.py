@@ -24,6 +24,7 @@ GUARDED = {"/docs": "admin", "/docs/oauth2-redirect": "admin", "/redoc": "admin"
 
 
 def is_loopback(host: str | None) -> bool:
+    """Is ``host`` (an IP address as text, as uvicorn reports the client) a loopback address? Never raises."""
     try:
         return host is not None and ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -31,6 +32,7 @@ def is_loopback(host: str | None) -> bool:
 
 
 def allowed_tokens(config: SidecarConfig, kind: str) -> list[str]:
+    """The bearer tokens that open a guarded path of ``kind`` (``GUARDED``'s values) to a remote client."""
     tokens = [config.admin_token] if config.admin_token else []
     if kind == "metrics" and config.metrics_token:
         tokens.append(config.metrics_token)
