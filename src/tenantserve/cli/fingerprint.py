@@ -13,8 +13,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from tenantserve.admission.fingerprint import Fingerprint, fingerprint, model_files
 from tenantserve.admission.fingerprint_cache import FingerprintCache
 from tenantserve.admission.served_base import pin_registry_text
-from tenantserve.errors import FingerprintError, TenantserveError
-from tenantserve.registry.schema import Registry, RegistryLock, atomic_write_text
+from tenantserve.errors import FingerprintError
+from tenantserve.registry.schema import Registry
+from tenantserve.registry.update import update_registry
 
 
 @click.command("fingerprint")
@@ -56,27 +57,17 @@ def command(path: Path | None, as_json: bool, pin: bool, registry_path: Path | N
 
 
 def _pin(registry: Registry, fp: Fingerprint) -> None:
-    """Edit only the base section (comments kept) when the result still validates; else rewrite the file.
-    Under the registry's file lock, on the file as it is now (the sidecar may have changed it while we hashed)."""
+    """Set the base's pin through the one update path (file lock, on the file as it is now: the sidecar may have
+    changed it while we hashed). Only the base section's text is edited (comments kept) when that means exactly the
+    pinned registry; otherwise the usual keep-the-comments rendering applies."""
     source = registry.source
     assert source is not None
-    with RegistryLock(source):
-        _pin_locked(Registry.load(source, check_paths=False), source, fp)
 
+    def change(current: Registry) -> None:
+        current.base.fingerprint = fp.value
+        current.base.files = fp.manifest()
 
-def _pin_locked(registry: Registry, source: Path, fp: Fingerprint) -> None:
-    text = pin_registry_text(source.read_text(encoding="utf-8"), fp)
-    if text is not None:
-        try:
-            edited = Registry.parse(text, source=str(source), root=source.parent)
-        except TenantserveError:
-            edited = None
-        if edited is not None and edited.base.fingerprint == fp.value and edited.base.files == fp.manifest():
-            atomic_write_text(source, text)
-            return
-    registry.base.fingerprint = fp.value
-    registry.base.files = fp.manifest()
-    registry.save(source)
+    update_registry(source, change, edit_text=lambda text: pin_registry_text(text, fp))
 
 
 def _registry(path: Path | None) -> Registry:

@@ -1,5 +1,6 @@
-"""``tenantserve keys create|list|revoke``: tenant API keys, on the registry file directly (atomic writes, under
-the registry's file lock, so a sidecar writing at the same moment loses nothing).
+"""``tenantserve keys create|list|revoke``: tenant API keys, on the registry file directly, through the one update
+path (``registry.update.update_registry``: file lock, re-validation, atomic write), so a sidecar writing at the same
+moment loses nothing.
 
 A running engine's middleware re-reads the registry within about a second, so a new or revoked key applies without
 a restart. The sidecar's ``/admin/tenants/{id}/keys`` does the same through the same functions (tenantserve.registry.keys).
@@ -12,9 +13,9 @@ from pathlib import Path
 import click
 
 from tenantserve.cli.options import registry_option
-from tenantserve.errors import RegistryError
 from tenantserve.registry.keys import find_tenant, issue_key, list_keys, revoke_key
-from tenantserve.registry.schema import Registry, RegistryLock
+from tenantserve.registry.schema import ApiKeySpec, Registry
+from tenantserve.registry.update import update_registry
 
 tenant_option = click.option("--tenant", "tenant_id", required=True, help="Tenant id, as in the registry.")
 
@@ -29,14 +30,14 @@ def command() -> None:
 @registry_option
 def create(tenant_id: str, registry_path: Path) -> None:
     """Issue a new key for a tenant and print it (stdout, once). Older keys stay valid: rotate, then revoke."""
-    with RegistryLock(registry_path):  # the sidecar may be writing the same file
-        registry = Registry.load(registry_path, check_paths=False)
+    def change(registry: Registry) -> tuple[str, ApiKeySpec, bool]:
         tenant = find_tenant(registry, tenant_id)
         key = issue_key(tenant)
-        _save(registry, registry_path)
-    spec = tenant.api_keys[-1]
-    click.echo(f"tenantserve: created {spec.id} for tenant {tenant.id}; the key is shown only now:", err=True)
-    if not registry.security.auth:
+        return key, tenant.api_keys[-1], registry.security.auth
+
+    key, spec, auth = update_registry(registry_path, change)
+    click.echo(f"tenantserve: created {spec.id} for tenant {tenant_id}; the key is shown only now:", err=True)
+    if not auth:
         click.echo("tenantserve: warning: security.auth is off in this registry: keys are not checked", err=True)
     click.echo(key)
 
@@ -58,16 +59,6 @@ def list_(tenant_id: str, registry_path: Path) -> None:
 @registry_option
 def revoke(tenant_id: str, key_id: str, registry_path: Path) -> None:
     """Revoke one key (KEY_ID from `keys list`); requests with it are refused within about a second."""
-    with RegistryLock(registry_path):
-        registry = Registry.load(registry_path, check_paths=False)
-        revoke_key(find_tenant(registry, tenant_id), key_id)
-        _save(registry, registry_path)
+    update_registry(registry_path, lambda registry: revoke_key(find_tenant(registry, tenant_id), key_id))
     click.echo(f"tenantserve: revoked {key_id} of tenant {tenant_id}", err=True)
 
-
-def _save(registry: Registry, path: Path) -> None:
-    try:
-        registry.save(path)
-    except OSError as exc:
-        raise RegistryError(f"cannot write the registry {path}: {exc.strerror or exc}; nothing changed",
-                            code="registry_unwritable") from None

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from tenantserve.errors import RegistryError
+from tenantserve.errors import Reason, RegistryError
 from tenantserve.registry.schema import Registry, RegistryLock, atomic_write_text
 from tenantserve.registry.yamlkeep import merge_text, splice_text
 from tenantserve.registry.yamlpos import YamlDocument
@@ -42,7 +42,7 @@ class RegistryWriteError(RegistryError):
     lock file (``registry_unwritable``), or another writer held the lock past the timeout (``registry_locked``).
     Nothing was changed."""
 
-    code = "registry_unwritable"
+    code = Reason.REGISTRY_UNWRITABLE
     exit_code = 2
     http_status = 503
 
@@ -107,7 +107,7 @@ def update_registry(path: Path | str, change: Callable[[Registry], T], *,
             atomic_write_text(path, text)
         except OSError as exc:
             raise RegistryWriteError(f"cannot write the registry {path}: {exc.strerror or exc}; nothing changed",
-                                     code="registry_unwritable") from None
+                                     code=Reason.REGISTRY_UNWRITABLE) from None
         return result
     finally:
         lock.release()

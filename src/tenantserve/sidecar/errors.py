@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from tenantserve.errors import Reason, TenantserveError
+from tenantserve.registry.update import RegistryWriteError  # noqa: F401  (503; raised by the one update path)
 
 
 class NotFound(TenantserveError):
@@ -32,13 +33,6 @@ class NotServable(TenantserveError):
 
     code = Reason.NOT_SERVABLE
     http_status = 502
-
-
-class RegistryWriteError(TenantserveError):
-    """The registry cannot be written (a read-only ConfigMap mount, a full disk)."""
-
-    code = "registry_read_only"
-    http_status = 503
 
 
 class ConfigError(TenantserveError):

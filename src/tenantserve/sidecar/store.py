@@ -1,9 +1,10 @@
 """The registry file as the sidecar's durable state: read fresh, mutate, validate, write atomically.
 
-Every change re-reads the file (an operator may have edited it), applies one mutation, re-validates the whole registry
-and writes it with ``Registry.save`` (temp file, fsync, rename, fsync of the directory), so a sidecar killed at any
-moment leaves either the old or the new file. Writes are serialized by one lock, and against other processes
-(``tenantserve keys``, ``fingerprint --pin``) by the registry's file lock; operations on one adapter or tenant
+Every change goes through ``registry.update.update_registry``, the one path every writer uses: under the registry's
+file lock (against ``tenantserve keys``, ``fingerprint --pin``), re-read the file (an operator may have edited it),
+apply one mutation, re-validate the whole registry, write it atomically (temp file, fsync, rename, fsync of the
+directory), so a sidecar killed at any moment leaves either the old or the new file; an unwritable or locked file is
+``RegistryWriteError`` (503). Writes in this process are serialized by one lock; operations on one adapter or tenant
 are serialized by a lock per name, which the reconciler also takes before touching that adapter. A broken edit is
 remembered (``error``, logged once per distinct error) and the last good registry kept to show beside it.
 """
@@ -16,11 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import ValidationError
-
-from tenantserve.errors import RegistryError
-from tenantserve.registry.schema import Registry, RegistryLock
-from tenantserve.sidecar.errors import RegistryWriteError
+from tenantserve.errors import Reason, RegistryError
+from tenantserve.registry.schema import Registry
+from tenantserve.registry.update import RegistryWriteError, update_registry
 
 T = TypeVar("T")
 log = logging.getLogger("tenantserve.sidecar")
@@ -49,15 +48,22 @@ class RegistryStore:
         try:
             registry = Registry.load(self.path, check_paths=False)
         except RegistryError as exc:
-            if exc.message != self.error:
-                log.warning("registry %s is invalid; the sidecar keeps serving the last good registry: %s",
-                            self.path, exc.message)
-            self.error = exc.message
+            self._note(None, exc)
             raise
+        self._note(registry, None)
+        return registry
+
+    def _note(self, registry: Registry | None, error: RegistryError | None) -> None:
+        """Remember one read of the file: the registry, or its error (logged once per distinct error)."""
+        if error is not None:
+            if error.message != self.error:
+                log.warning("registry %s is invalid; the sidecar keeps serving the last good registry: %s",
+                            self.path, error.message)
+            self.error = error.message
+            return
         if self.error is not None:
             log.warning("registry %s is valid again", self.path)
         self.error, self.last_good = None, registry
-        return registry
 
     def check(self) -> tuple[Registry | None, str | None]:
         """(the registry to show, the current error): the file now, or the last good one and why the file is not
@@ -68,35 +74,16 @@ class RegistryStore:
             return self.last_good, exc.message
 
     async def mutate(self, change: Callable[[Registry], T]) -> T:
-        """Apply ``change`` to the current registry and persist the result; ``change`` raises to abort."""
+        """Apply ``change`` to the current registry and persist the result; ``change`` raises to abort.
+
+        ``change`` runs in a worker thread, under the file lock: it must only edit the models. Raises
+        ``RegistryError`` (the file or the change is invalid) and ``RegistryWriteError`` (503: unwritable, locked)."""
         async with self._write_lock:
-            lock = RegistryLock(self.path)  # other processes (``tenantserve keys``) write the same file
             try:
-                await asyncio.to_thread(lock.acquire)
-            except RegistryError as exc:
-                raise RegistryWriteError(exc.message, code=exc.code) from None
-            try:
-                registry = await asyncio.to_thread(self.load)
-                result = change(registry)
-                checked = validated(registry)
-                try:
-                    await asyncio.to_thread(checked.save, self.path)
-                except OSError as exc:
-                    raise RegistryWriteError(f"cannot write the registry {self.path}: {exc.strerror or exc}") from None
-                finally:
+                result = await asyncio.to_thread(update_registry, self.path, change, on_read=self._note)
+            except RegistryWriteError as exc:
+                if exc.code == Reason.REGISTRY_UNWRITABLE:  # a write was attempted: readers re-read to be sure
                     self.generation += 1
-                return result
-            finally:
-                lock.release()
-
-
-def validated(registry: Registry) -> Registry:
-    """Re-run every registry rule on an in-memory change (list appends bypass pydantic's assignment checks)."""
-    try:
-        fresh = Registry.model_validate(registry.model_dump())
-    except ValidationError as exc:
-        msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise RegistryError(f"the change would make the registry invalid: {msg}") from None
-    fresh._root = registry.root
-    fresh._source = registry.source
-    return fresh
+                raise
+            self.generation += 1
+            return result
