@@ -1,7 +1,7 @@
 """The simulator against a real vLLM engine: the same traces, replayed in paused waves, give the same counters.
 
 One engine of its own (8 copies of an embedded adapter + 2 fillers on max_loras=2, priority queue, fixed hash seed;
-``simengine``), three shapes, two seeds. The engine's figures are the plugin's ``tenantserve_lora_*`` counters.
+``planning.replay``), three shapes, two seeds. The engine's figures are the plugin's ``tenantserve_lora_*`` counters.
 """
 
 from __future__ import annotations
