@@ -144,7 +144,7 @@ class AdapterSpec(_Strict):
         default=False, description="Serve even though the adapter declares no base (warned at every start)."
     )
     fingerprint: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = Field(
-        default=None, description="Content admitted at onboarding (adapter_store): a folder whose served files no "
+        default=None, description="Content admitted at onboarding (admission.store): a folder whose served files no "
         "longer have it is refused (adapter_changed). Recorded by the sidecar."
     )
 
