@@ -24,7 +24,8 @@ from pathlib import Path
 from tenantserve.admission.fingerprint_cache import FileKey, FingerprintCache
 from tenantserve.errors import FingerprintError
 
-#: Top-level files that define a model or an adapter (what vLLM reads). Anything else (README, .git, the stamp file) is not.
+#: Top-level files that define a model or an adapter (what vLLM reads). Anything else (README, .git, the stamp
+#: file ``tenantserve stamp`` writes) is not.
 MODEL_FILE_PATTERNS: tuple[str, ...] = (
     "*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json",
     "config.json", "generation_config.json", "adapter_config.json",
