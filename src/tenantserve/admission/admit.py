@@ -1,9 +1,10 @@
 """Admission: may this adapter be served on this engine? One function used by the launcher, `check` and the sidecar.
 
 A refusal is an ``AdapterError`` whose ``code`` is a stable reason and whose message is one human line naming the
-adapter (``who``: ``adapter 'sql'``, the message's first words) and the numbers. The checks run cheapest first; each catches a failure vLLM would hide or report late:
-a foreign base (loads fine, behaves subtly wrong), targets that match nothing (silently serves the base), a rank
-above the slots (a 500 inside the engine), a truncated download, shapes from another model size.
+adapter (``who``: ``adapter 'sql'``, the message's first words) and the numbers. The checks run cheapest first;
+each catches a failure vLLM would hide or report late: a foreign base (loads fine, behaves subtly wrong), targets
+that match nothing (silently serves the base), a rank above the slots (a 500 inside the engine), a truncated
+download, shapes from another model size.
 
 The rule: admission never accepts what vLLM's loader refuses. The adapter config goes through vLLM's own validation
 (``PEFTHelper`` against the engine's ``LoRAConfig``, imported on first use: importing vLLM costs seconds and
