@@ -22,6 +22,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tenantserve.bearer import bearer_header
 from tenantserve.engine import identity
 from tenantserve.errors import AdapterError, EngineError
 
@@ -117,7 +118,7 @@ class EngineClient:
         if not self.needs_proof:
             return {}
         await self.verify()
-        return {"Authorization": f"Bearer {self._token}"}
+        return bearer_header(self._token)
 
     async def models(self) -> tuple[str | None, dict[str, str]]:
         """(base model name, {adapter name: path}) as listed by ``/v1/models``: the actual state. ``EngineError``

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import openai
 
+from tenantserve.bearer import bearer_header
 from tenantserve.errors import AdapterError, EngineError
 from tenantserve.verify.compare import Generation
 from tenantserve.verify.prompts import PromptCase, PromptsError
@@ -96,7 +97,7 @@ class Consolidated:
 
     def tokenize(self, model: str, prompt: str) -> tuple[int, int]:
         """(prompt tokens, the engine's max_model_len), from vLLM's ``/tokenize``."""
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        headers = bearer_header(self._api_key)
         try:
             resp = httpx.post(f"{self.url}/tokenize", json={"model": model, "prompt": prompt}, headers=headers,
                               timeout=self.timeout)
