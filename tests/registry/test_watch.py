@@ -152,7 +152,8 @@ def test_new_key_revocation_and_grant_apply_after_the_interval(world: World) -> 
     revoke_key(acme, list_keys(acme)[0].id)
     acme.adapters.append(AdapterSpec(name="sql-v2", path=world.path.parent / "x"))
     world.save()
-    assert watcher.current().allowed_models("acme") == {"demo-base", "sql"}  # type: ignore[union-attr]  # not yet checked again
+    # not yet checked again
+    assert watcher.current().allowed_models("acme") == {"demo-base", "sql"}  # type: ignore[union-attr]
     clock.now = 1.0
     view = watcher.current()
     assert view is not None
@@ -216,5 +217,6 @@ def test_the_file_is_stated_on_every_request_and_reloaded_only_when_it_changed(w
     assert stat.calls == 5 and watcher.reloads == 1  # stat'ed each time, read once
     world.registry.tenant("acme").adapters.append(AdapterSpec(name="sql-v2", path=world.path.parent / "x"))
     world.save()
-    assert "sql-v2" in watcher.current().allowed_models("acme")  # type: ignore[union-attr]  # same instant: clock.now never moved
+    # same instant: clock.now never moved
+    assert "sql-v2" in watcher.current().allowed_models("acme")  # type: ignore[union-attr]
     assert stat.calls == 6 and watcher.reloads == 2

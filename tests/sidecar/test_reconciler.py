@@ -52,7 +52,8 @@ def test_the_file_watch_asks_for_a_pass_on_every_kind_of_rewrite(registry_file: 
     ns = 1_700_000_000 * 10**9
     os.utime(registry_file, ns=(ns, ns))
     config = SidecarConfig(registry_file, "http://127.0.0.1:9", None, insecure=True, watch_interval=0.01)
-    reconciler = Reconciler(RegistryStore(registry_file), None, None, None, config, admit=None)  # type: ignore[arg-type]
+    store = RegistryStore(registry_file)
+    reconciler = Reconciler(store, None, None, None, config, admit=None)  # type: ignore[arg-type]
     text = registry_file.read_text()
 
     async def scenario() -> list[bool]:
