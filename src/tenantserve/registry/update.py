@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from tenantserve.errors import Reason, RegistryError
 from tenantserve.registry.schema import Registry, RegistryLock, atomic_write_text
-from tenantserve.registry.yamlkeep import merge_text, splice_text
+from tenantserve.registry.yamlkeep import Spliced, merge_text, splice_text
 from tenantserve.registry.yamlpos import YamlDocument
 
 T = TypeVar("T")
@@ -129,25 +129,31 @@ def render(registry: Registry, old: LoadedRegistry | None = None, before: dict[s
            old_text: str | None = None, edit_text: Callable[[str], str | None] | None = None) -> str:
     """The text to write for ``registry``, as close to the old file as provably correct. Pure.
 
-    Tried in order, each kept only if it parses back to exactly ``registry``: ``edit_text`` of the old text; the old
-    text with only the changed regions rewritten (needs ``old`` and ``before``, the old registry's
+    Tried in order, each kept only if it loads to exactly ``registry``: ``edit_text`` of the old text; the old text
+    with only the changed regions rewritten (needs ``old`` and ``before``, the old registry's
     ``model_dump(mode="json", exclude_none=True)``); the whole old text round-tripped through ruamel (``old_text``
-    or ``old.text``); plain YAML (comments lost, never data)."""
+    or ``old.text``); plain YAML (comments lost, never data). The check parses the whole candidate, except for a
+    splice whose regions are self-contained (``Spliced.data``): then only those regions were parsed, and the
+    data they make up is validated."""
     full = registry.model_dump(mode="json", exclude_none=True)
     minimal = registry.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     text = old.text if old is not None else old_text
-    candidates: list[Callable[[], str | None]] = []
+    candidates: list[Callable[[], str | Spliced | None]] = []
     if text is not None:
         if edit_text is not None:
             candidates.append(lambda: edit_text(text))
         if old is not None and before is not None:
-            candidates.append(lambda: splice_text(text, old.document.node, before, full, minimal))
+            candidates.append(lambda: splice_text(old.document, text, before, full, minimal))
         candidates.append(lambda: merge_text(text, full, minimal))
     for candidate in candidates:
         try:
             proposed = candidate()
         except Exception:  # an editor that cannot place the change: the next one tries
-            proposed = None
+            continue
+        if isinstance(proposed, Spliced):
+            if proposed.data is not None and holds(proposed.data, full):
+                return proposed.text
+            proposed = proposed.text
         if proposed is not None and means(proposed, full):
             return proposed
     return registry.to_yaml()
@@ -158,4 +164,12 @@ def means(text: str, full: dict[str, Any]) -> bool:
     try:
         return Registry.parse(text).model_dump(mode="json", exclude_none=True) == full
     except RegistryError:
+        return False
+
+
+def holds(data: Any, full: dict[str, Any]) -> bool:
+    """Whether YAML ``data`` validates (every rule) to exactly the registry dumped as ``full``."""
+    try:
+        return Registry.model_validate(data).model_dump(mode="json", exclude_none=True) == full
+    except ValidationError:
         return False

@@ -15,11 +15,14 @@ line as it is. Its cost follows the size of the change, not of the file. Same co
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from tenantserve.registry.yamlpos import YamlDocument
 
 #: Keys that identify a list item across versions (tenants by id, adapters by name, api keys by id).
 IDENTITY_KEYS = ("id", "name")
@@ -114,17 +117,31 @@ def _merge_seq(old: CommentedSeq, full: list[Any], minimal: list[Any]) -> None:
 _WRAP = "k:\n"
 
 
-def splice_text(old_text: str, root: yaml.Node | None, before: dict[str, Any], full: dict[str, Any],
-                minimal: dict[str, Any]) -> str | None:
+@dataclass(frozen=True)
+class Spliced:
+    """The new text, and the YAML data it holds when that is proven region by region (``None``: parse it all)."""
+
+    text: str
+    data: dict[str, Any] | None
+
+
+def splice_text(old: YamlDocument, old_text: str, before: dict[str, Any], full: dict[str, Any],
+                minimal: dict[str, Any]) -> Spliced | None:
     """``old_text`` with only its changed regions rewritten to hold ``full``; None when the layout is not one this
     can edit (flow style, a new or removed top-level key, reordered items, ...): use ``merge_text`` then.
 
-    ``root`` is ``old_text``'s composed node tree (``yamlpos.YamlDocument.node``); ``before`` the data the text
-    holds, in the same normalized form as ``full`` (``model_dump(mode="json", exclude_none=True)`` of the registry
-    it loaded to); ``minimal`` as for ``merge_text``. A top-level section that changed is merged on its own lines;
-    in a block list of mappings with identities (``tenants``), a changed item is merged on its lines, a removed one
+    ``old`` is ``old_text`` parsed (``yamlpos.YamlDocument``: data, node tree); ``before`` the data the text holds,
+    in the same normalized form as ``full`` (``model_dump(mode="json", exclude_none=True)`` of the registry it
+    loaded to); ``minimal`` as for ``merge_text``. A top-level section that changed is merged on its own lines; in a
+    block list of mappings with identities (``tenants``), a changed item is merged on its lines, a removed one
     deleted, a new one written in its minimal form after its predecessor. Comment lines between items stay where
-    they are (above the item they precede)."""
+    they are (above the item they precede).
+
+    ``Spliced.data`` is the old data with each rewritten region's own parse in its place. It is what the whole new
+    text parses to when every region is self-contained: the old document is ``local`` (no aliases, block scalars
+    or merge keys), and each new region is too, starts at its section's or list's column and keeps every other
+    line deeper. Otherwise it is None and the caller parses the new text."""
+    root = old.node
     if not isinstance(root, yaml.MappingNode) or root.flow_style or not isinstance(before, dict):
         return None
     lines = old_text.splitlines(keepends=True)
@@ -135,6 +152,7 @@ def splice_text(old_text: str, root: yaml.Node | None, before: dict[str, Any], f
         return None
     starts = [key.start_mark.line for key, _ in root.value]
     edits: list[tuple[int, int, str]] = []
+    data: dict[str, Any] | None = dict(old.data) if old.local and isinstance(old.data, dict) else None
     for i, (key_node, value_node) in enumerate(root.value):
         key = key_node.value
         if before[key] == full[key]:
@@ -145,15 +163,51 @@ def splice_text(old_text: str, root: yaml.Node | None, before: dict[str, Any], f
         if _block_items(value_node) and isinstance(before[key], list) and isinstance(full[key], list):
             small = minimal.get(key)
             found = _splice_seq(lines, value_node, end, before[key], full[key],
-                                small if isinstance(small, list) and len(small) == len(full[key]) else full[key])
+                                small if isinstance(small, list) and len(small) == len(full[key]) else full[key],
+                                old_items=data[key] if data is not None else None)
+            if found is None:
+                return None
+            found_edits, items = found
+            if data is not None:
+                data = None if items is None else {**data, key: items}
         else:
             text = merge_text("".join(lines[starts[i]:end]), {key: full[key]},
                               {key: minimal[key]} if key in minimal else {})
-            found = None if text is None else [(starts[i], end, text)]
-        if found is None:
-            return None
-        edits += found
-    return _apply(lines, edits)
+            if text is None:
+                return None
+            found_edits = [(starts[i], end, text)]
+            if data is not None:
+                section = _region_data(text, 0, "")
+                data = None if not isinstance(section, dict) or list(section) != [key] else {**data, **section}
+        edits += found_edits
+    return Spliced(_apply(lines, edits), data)
+
+
+def _region_data(text: str, column: int, lead: str) -> Any:
+    """What ``text`` parses to on its own, if it is self-contained at ``column`` (its first line starts there with
+    ``lead``, every other line is deeper, blank, or a comment); ``_NOT_LOCAL`` otherwise."""
+    content = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not content or _indent(content[0]) != column or not content[0][column:].startswith(lead):
+        return _NOT_LOCAL
+    if any(_indent(ln) <= column for ln in content[1:]):
+        return _NOT_LOCAL
+    source = _WRAP + _shift(text, 2 - column) if lead else text
+    try:
+        doc = YamlDocument.parse(source, source="<region>", error=ValueError)
+    except ValueError:
+        return _NOT_LOCAL
+    if not doc.local:
+        return _NOT_LOCAL
+    if lead:
+        return doc.data["k"][0] if isinstance(doc.data, dict) and len(doc.data.get("k") or ()) == 1 else _NOT_LOCAL
+    return doc.data
+
+
+_NOT_LOCAL = object()
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
 
 
 def _block_items(node: yaml.Node) -> bool:
@@ -162,12 +216,14 @@ def _block_items(node: yaml.Node) -> bool:
 
 
 def _splice_seq(lines: list[str], node: yaml.SequenceNode, end: int, before: list[Any], full: list[Any],
-                minimal: list[Any]) -> list[tuple[int, int, str]] | None:
+                minimal: list[Any], old_items: list[Any] | None
+                ) -> tuple[list[tuple[int, int, str]], list[Any] | None] | None:
+    """(the edits, the new list's YAML data or None if not proven locally), or None when this cannot edit it."""
     key = _identity(before) if before else None
-    if key is None or len(before) != len(node.value) or (full and _identity(full) != key):
-        return None
+    if key is None or not full or len(before) != len(node.value) or _identity(full) != key:
+        return None  # an emptied list changes the text's shape (``tenants: []``): the full merge writes it
     starts = [item.start_mark.line for item in node.value]
-    columns = {len(lines[s]) - len(lines[s].lstrip(" ")) for s in starts}
+    columns = {_indent(lines[s]) for s in starts}
     if len(columns) != 1 or any(not lines[s].lstrip(" ").startswith("- ") for s in starts):
         return None
     column = columns.pop()
@@ -178,21 +234,30 @@ def _splice_seq(lines: list[str], node: yaml.SequenceNode, end: int, before: lis
     if kept != [item[key] for item in full if item[key] in old]:
         return None  # reordered: the full merge decides (it refuses too)
     edits: list[tuple[int, int, str]] = []
+    items: list[Any] | None = [] if old_items is not None and len(old_items) == len(before) else None
     at = starts[0]  # where a new item goes: after the previous item of the new list
     for value, small in zip(full, minimal, strict=True):
         i = old.get(value[key])
         if i is None:
-            edits.append((at, at, _shift(_dump_item(small if key in small else value), column - 2)))
-            continue
-        if before[i] != value:
-            text = merge_text(_WRAP + _shift("".join(lines[starts[i]:ends[i]]), 2 - column), {"k": [value]},
-                              {"k": [small]})
-            if text is None or not text.startswith(_WRAP):
+            text = _shift(_dump_item(small if key in small else value), column - 2)
+            edits.append((at, at, text))
+        elif before[i] != value:
+            merged = merge_text(_WRAP + _shift("".join(lines[starts[i]:ends[i]]), 2 - column), {"k": [value]},
+                                {"k": [small]})
+            if merged is None or not merged.startswith(_WRAP):
                 return None
-            edits.append((starts[i], ends[i], _shift(text[len(_WRAP):], column - 2)))
-        at = ends[i]
+            text = _shift(merged[len(_WRAP):], column - 2)
+            edits.append((starts[i], ends[i], text))
+        if items is not None:
+            item = old_items[i] if i is not None and before[i] == value else _region_data(text, column, "- ")
+            if item is _NOT_LOCAL:
+                items = None
+            else:
+                items.append(item)
+        if i is not None:
+            at = ends[i]
     edits += [(starts[i], ends[i], "") for item, i in old.items() if item not in new]
-    return edits
+    return edits, items
 
 
 def _apply(lines: list[str], edits: list[tuple[int, int, str]]) -> str:

@@ -31,6 +31,9 @@ class YamlDocument:
     data: Any
     #: The composed node tree (None for an empty document); its marks are 0-based lines and columns of the text.
     node: yaml.Node | None = None
+    #: Whether each list item and section can be re-parsed on its own to the same data: no node appears twice
+    #: (aliases), no block scalars (``|``, ``>``: they take in the blank lines after them), no merge keys.
+    local: bool = False
     _lines: dict[tuple[Any, ...], int] | None = field(default=None, repr=False)
 
     @classmethod
@@ -41,11 +44,13 @@ class YamlDocument:
             node = loader.get_single_node()
             if node is None:
                 return cls(data=None)
+            seen: set[object] = set()
             try:
-                data = _build(node, loader, set(), source, error)
+                data = _build(node, loader, seen, source, error)
+                local = "block" not in seen
             except _Fallback:
                 _check_duplicates(node, source, error)
-                data = loader.construct_document(node)
+                data, local = loader.construct_document(node), False
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -53,7 +58,7 @@ class YamlDocument:
             raise error(f"{where}: malformed YAML: {problem}") from None
         finally:
             loader.dispose()
-        return cls(data=data, node=node)
+        return cls(data=data, node=node, local=local)
 
     @property
     def lines(self) -> dict[tuple[Any, ...], int]:
@@ -73,13 +78,16 @@ class YamlDocument:
         return None
 
 
-def _build(node: yaml.Node, loader: Any, seen: set[int], source: str, error: type[Exception]) -> Any:
-    """The data of ``node``: plain maps, lists and strings directly, the rest by PyYAML's safe constructor."""
-    if isinstance(node, yaml.ScalarNode):
-        return node.value if node.tag == _STR else loader.construct_object(node, deep=True)
+def _build(node: yaml.Node, loader: Any, seen: set[object], source: str, error: type[Exception]) -> Any:
+    """The data of ``node``: plain maps, lists and strings directly, the rest by PyYAML's safe constructor.
+    ``seen`` collects every node's id, and ``"block"`` once a block scalar is met."""
     if id(node) in seen:
         raise _Fallback  # an alias: PyYAML shares (or recurses into) the object
     seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        if node.style in ("|", ">"):
+            seen.add("block")
+        return node.value if node.tag == _STR else loader.construct_object(node, deep=True)
     if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
         out: dict[Any, Any] = {}
         first: dict[Any, int] = {}
@@ -101,7 +109,7 @@ def _no_duplicate(key_node: yaml.Node, first: dict[Any, int], source: str, error
     first[key] = line
 
 
-def _check_duplicates(node: yaml.Node, source: str, error: type[Exception], seen: set[int] | None = None) -> None:
+def _check_duplicates(node: yaml.Node, source: str, error: type[Exception], seen: set[object] | None = None) -> None:
     seen = set() if seen is None else seen
     if id(node) in seen:
         return
