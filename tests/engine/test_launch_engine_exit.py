@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.engine.launch import LaunchPlan, ResolvedKnobs, run_foreground
+from tenantserve.engine.launch import LaunchPlan, run_foreground
+from tenantserve.registry.knobs import ResolvedKnobs
 from tenantserve.errors import EngineError
 from tests.lora_corpus import make_adapter, make_base
 

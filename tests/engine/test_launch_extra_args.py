@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.engine.args import KNOB_FLAGS, LORA_FLAGS, RESERVED_FLAGS, parse_extra_args
-from tenantserve.engine.launch import build_serve_argv, resolve_knobs
+from tenantserve.engine.launch import build_serve_argv
 from tenantserve.errors import RegistryError
+from tenantserve.registry.knobs import KNOB_FLAGS, LORA_FLAGS, RESERVED_FLAGS, parse_extra_args, resolve_knobs
 from tenantserve.registry.schema import Registry
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tenantserve.admission.report import check_registry
-from tenantserve.engine.launch import plan_launch, resolve_knobs
+from tenantserve.engine.launch import plan_launch
+from tenantserve.registry.knobs import resolve_knobs
 from tenantserve.registry.schema import Registry
 from tests.lora_corpus import make_adapter, make_base
 

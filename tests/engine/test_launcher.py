@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.engine.launch import (
-    AdaptersRefused,
-    build_engine_env,
-    build_serve_argv,
-    derive_max_lora_rank,
-    plan_launch,
-    resolve_knobs,
-)
+from tenantserve.engine.launch import AdaptersRefused, build_engine_env, build_serve_argv, plan_launch
 from tenantserve.errors import AdapterError
+from tenantserve.registry.knobs import derive_max_lora_rank, resolve_knobs
 from tenantserve.registry.schema import Registry
 
 

@@ -8,5 +8,7 @@
 - ``served_base``: the served base model (fingerprint, config, tensor shapes) and the pinned fingerprint.
 - ``fingerprint``, ``fingerprint_cache``: content fingerprints of model and adapter folders, cached by stat.
 - ``store``: server-owned, read-only copies of admitted adapters, named by their content (what vLLM loads).
+- ``judge``: every adapter of a registry judged against one engine (the set the launcher serves, ``check`` shows
+  and the sidecar sizes its slot rank by: a derived ``max_lora_rank`` comes from the admitted adapters only).
 - ``report``: every admission check over a whole registry, one row per adapter (``tenantserve check``).
 """

@@ -40,40 +40,10 @@ from tenantserve.admission.served_base import BaseCheck, BaseFacts, verify_base
 from tenantserve.admission.weight_values import check_dtypes, check_scalings, check_values, scalings
 from tenantserve.admission.weights import read_header
 from tenantserve.errors import AdapterError, EngineError, RegistryError
+from tenantserve.registry.knobs import ALLOWED_LORA_RANKS, LLAMA_PACKED, EngineLora
 from tenantserve.registry.schema import NAME_PATTERN, AdapterSpec, Registry
 
-__all__ = ["Admission", "BaseCheck", "BaseFacts", "EngineLora", "admit", "engine_keeps", "verify_base"]
-
-#: vLLM's ``packed_modules_mapping`` for the Llama family (Llama, Mistral, Qwen2, ...): the runtime module that
-#: carries each checkpoint module's LoRA (``q_proj`` weights are applied inside ``qkv_proj``).
-LLAMA_PACKED: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("qkv_proj", ("q_proj", "k_proj", "v_proj")),
-    ("gate_up_proj", ("gate_proj", "up_proj")),
-)
-#: The largest ``max_lora_rank`` vLLM 0.32 accepts: the cap when the caller gives no engine rank.
-MAX_ENGINE_RANK = 512
-
-
-@dataclass(frozen=True)
-class EngineLora:
-    """The engine's LoRA settings as the launcher resolves them (exactly what ``vllm serve`` is given).
-
-    ``max_lora_rank`` / ``max_loras`` / ``max_cpu_loras`` / ``lora_dtype``: ``--max-lora-rank`` (one of vLLM's
-    allowed values: 1, 8, 16, 32, 64, 128, 256, 320, 512), ``--max-loras``, ``--max-cpu-loras`` (None: vLLM's
-    default, ``max_loras``), ``--lora-dtype`` ("auto", "float16", "bfloat16"). ``target_modules``: the module names
-    of ``--lora-target-modules`` (None: the flag is absent, every supported module gets LoRA).
-    ``max_position_embeddings``: the base's (vLLM's adapter reader records it, checks nothing with it; None is
-    fine; ``BaseFacts.max_position_embeddings`` has it). ``packed_modules``: the
-    served architecture's vLLM ``packed_modules_mapping`` (default: the Llama family's).
-    """
-
-    max_lora_rank: int
-    max_loras: int = 1
-    max_cpu_loras: int | None = None
-    lora_dtype: str = "auto"
-    target_modules: tuple[str, ...] | None = None
-    max_position_embeddings: int | None = None
-    packed_modules: tuple[tuple[str, tuple[str, ...]], ...] = LLAMA_PACKED
+__all__ = ["LLAMA_PACKED", "Admission", "BaseCheck", "BaseFacts", "EngineLora", "admit", "engine_keeps", "verify_base"]
 
 
 @dataclass(frozen=True)
@@ -127,7 +97,8 @@ def admit(
         raise AdapterError(f"{who}: modules_to_save {_short(list(cfg.modules_to_save))} (full copies of base "
                            "modules) cannot be served by vLLM for a causal LM; retrain without them",
                            code="unsupported_modules")
-    engine = lora_config if lora_config is not None else EngineLora(max_lora_rank=max_lora_rank or MAX_ENGINE_RANK)
+    largest = ALLOWED_LORA_RANKS[-1]
+    engine = lora_config if lora_config is not None else EngineLora(max_lora_rank=max_lora_rank or largest)
     rank_refusal = vllm_validate(who, cfg, engine)
     budget = MatchBudget(who)
     rank_error = AdapterError(f"{who} has rank {cfg.max_rank} > max_lora_rank {engine.max_lora_rank}",

@@ -1,7 +1,7 @@
 """``tenantserve check``'s core: every admission check over a whole registry, one row per adapter.
 
-The same judgement as ``launch`` (``engine.launch.admit_adapters``), shown whole: every problem at once, one bad adapter
-never hides or affects another's verdict. Unlike ``launch`` (which serves the admitted adapters), ``check`` is
+The same judgement as ``launch`` (``admission.judge.admit_adapters``), shown whole: every problem at once, one bad
+adapter never hides or affects another's verdict. Unlike ``launch`` (which serves the admitted adapters), ``check`` is
 strict: any refusal fails it.
 """
 
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from tenantserve.admission.adapter_dir import AdapterConfig, bytes_on_disk
+from tenantserve.admission.adapter_dir import bytes_on_disk
 from tenantserve.admission.admit import BaseCheck, BaseFacts, verify_base
 from tenantserve.admission.fingerprint import fingerprint
 from tenantserve.admission.fingerprint_cache import FingerprintCache
-from tenantserve.engine.launch import ResolvedKnobs, admit_adapters, derive_max_lora_rank, resolve_knobs
+from tenantserve.admission.judge import admit_adapters, config_rank, unjudged_rank
 from tenantserve.errors import TenantserveError
-from tenantserve.registry.schema import ALLOWED_LORA_RANKS, Registry
+from tenantserve.registry.knobs import resolve_knobs
+from tenantserve.registry.schema import Registry
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
     derived from the admitted adapters only), keeping every row. A missing adapter directory is a refused row
     (``path_missing``), never an error before the table. Raises only ``RegistryError`` (the engine section)."""
     cache = cache if cache is not None else FingerprintCache.default()
-    knobs = resolve_knobs(registry, {})  # a bad engine section is a registry error (exit 2), not a row
+    resolve_knobs(registry, {})  # a bad engine section is a registry error (exit 2), not a row
     facts: BaseFacts | None = None
     try:
         fp = fingerprint(registry.base_path, cache=cache)
@@ -77,7 +78,7 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
     if facts is None:
         rows = [CheckRow(tenant.id, spec.name, None, None, "-", "refused", "base_unusable",
                          "not checked: the base is not usable (see above)") for tenant, spec in registry.adapters()]
-        return CheckReport(head[0], head[1], head[2], head[3], _unjudged_rank(registry, knobs), tuple(rows),
+        return CheckReport(head[0], head[1], head[2], head[3], unjudged_rank(registry), tuple(rows),
                            keyless_tenants(registry))
     judged = admit_adapters(registry, facts, cache=cache)
     admitted = {spec.name: a for _, spec, a in judged.admitted}
@@ -91,28 +92,10 @@ def check_registry(registry: Registry, *, cache: FingerprintCache | None = None)
             continue
         r = refused[spec.name]
         match = "no" if r.code in ("base_mismatch", "base_conflict") else "-"
-        rows.append(CheckRow(tenant.id, spec.name, _rank_or_none(registry, spec), _bytes_or_none(registry, spec),
+        rows.append(CheckRow(tenant.id, spec.name, config_rank(registry, spec), _bytes_or_none(registry, spec),
                              match, "refused", r.code, r.message))
     return CheckReport(head[0], head[1], head[2], head[3], judged.knobs.max_lora_rank, tuple(rows),
                        keyless_tenants(registry))
-
-
-def _unjudged_rank(registry: Registry, knobs: ResolvedKnobs) -> int:
-    """With no usable base nothing is admitted: the configured rank, else one derived from the readable configs."""
-    if not knobs.rank_derived:
-        return knobs.max_lora_rank
-    ranks = [r for _, spec in registry.adapters() if (r := _rank_or_none(registry, spec)) is not None]
-    try:
-        return derive_max_lora_rank(ranks)
-    except TenantserveError:
-        return ALLOWED_LORA_RANKS[-1]
-
-
-def _rank_or_none(registry: Registry, spec: object) -> int | None:
-    try:
-        return AdapterConfig.read(registry.adapter_path(spec)).max_rank  # type: ignore[arg-type]
-    except (TenantserveError, OSError):
-        return None
 
 
 def _bytes_or_none(registry: Registry, spec: object) -> int | None:

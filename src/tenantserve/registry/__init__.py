@@ -6,6 +6,8 @@
 - ``yamlkeep``: rewriting the operator's YAML with new data, comments, key order and quoting kept.
 - ``update``: the one way to change the file (lock, load, change, re-validate, atomic write, one write error), used
   by the sidecar, ``tenantserve keys`` and ``fingerprint --pin``.
+- ``knobs``: the engine knobs a registry sets (``engine:`` and ``engine.extra_args``, read as vLLM reads them), the
+  ranks vLLM accepts, the derived ``max_lora_rank``: one resolution for the launcher, ``check`` and the sidecar.
 - ``keys``: tenant API keys: issue, list, revoke, authenticate (pure, over the models).
 - ``watch``: the registry file followed as it changes (one ``FileState``: mtime in ns, size, inode; the last good
   registry kept), for the middleware, the vLLM plugin and the sidecar alike.

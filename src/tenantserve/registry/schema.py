@@ -30,10 +30,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tenantserve.errors import RegistryError
+from tenantserve.registry.knobs import ALLOWED_LORA_RANKS
 from tenantserve.registry.yamlpos import YamlDocument
-
-#: The ranks vLLM 0.32 accepts for ``--max-lora-rank``.
-ALLOWED_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 #: Adapter names become OpenAI model names and path-like keys: keep them to a safe, printable alphabet.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"

@@ -14,10 +14,8 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from tenantserve import __version__
-from tenantserve.admission.adapter_dir import AdapterConfig
-from tenantserve.engine.launch import derive_max_lora_rank, engine_lora, resolve_knobs
-from tenantserve.errors import AdapterError
-from tenantserve.registry.schema import Registry
+from tenantserve.admission.judge import slot_rank
+from tenantserve.registry.knobs import engine_lora
 from tenantserve.sidecar.basepin import read_served_base
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.content import ServedContent
@@ -34,21 +32,6 @@ from tenantserve.sidecar.store import RegistryStore
 from tenantserve.sidecar.tenant_keys import KeyService
 
 
-def slot_rank(registry: Registry) -> int:
-    """The ``max_lora_rank`` the launcher gives the engine for this registry (configured under ``engine:`` or in
-    ``engine.extra_args``, or derived: here from every readable config, the launcher's from the admitted ones)."""
-    knobs = resolve_knobs(registry, {})
-    if not knobs.rank_derived:
-        return knobs.max_lora_rank
-    ranks = []
-    for _, adapter in registry.adapters():
-        try:
-            ranks.append(AdapterConfig.read(registry.adapter_path(adapter), name=adapter.name).max_rank)
-        except AdapterError:
-            continue
-    return derive_max_lora_rank(ranks)
-
-
 def create_app(config: SidecarConfig, *, metrics_registry: CollectorRegistry | None = None,
                engine_transport: httpx.AsyncBaseTransport | None = None, reconcile: bool = True) -> FastAPI:
     @asynccontextmanager
@@ -61,7 +44,7 @@ def create_app(config: SidecarConfig, *, metrics_registry: CollectorRegistry | N
         board = StatusBoard(metrics)
         base, app.state.base_check = await asyncio.to_thread(read_served_base, registry, metrics)
         content = await asyncio.to_thread(ServedContent.default, config.adapters_root)  # the adapter store
-        rank = slot_rank(registry)
+        rank = await asyncio.to_thread(slot_rank, registry, base, cache=content.store.cache, store=content.store)
         service = AdminService(store, engine, board, metrics, config, max_lora_rank=rank, base=base, content=content,
                                lora_config=engine_lora(registry, rank))  # the engine as configured (extra_args too)
         reconciler = Reconciler(store, engine, board, metrics, config, service.admit, content=content)
