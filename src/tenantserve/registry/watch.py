@@ -53,24 +53,23 @@ def file_state(path: Path, stat: Stat = os.stat) -> FileState | None:
         return None
 
 
-_UNSEEN = object()
-
-
 class FileWatch:
     """Remembers the state of one file between polls; ``changed()`` is one ``stat``."""
 
     def __init__(self, path: Path, *, stat: Stat = os.stat) -> None:
         self.path = Path(path)
         self._stat = stat
-        self.state: FileState | None | object = _UNSEEN  # None: the file could not be stat'ed
+        #: At the last poll; None: the file could not be stat'ed (or was never polled).
+        self.state: FileState | None = None
+        self._polled = False
 
     def changed(self) -> bool:
         """Whether the file differs from the last poll (the first poll always says yes; a file that disappears or
         comes back is a change); the new state is remembered."""
         state = file_state(self.path, self._stat)
-        if state == self.state:
+        if self._polled and state == self.state:
             return False
-        self.state = state
+        self.state, self._polled = state, True
         return True
 
 
@@ -120,7 +119,8 @@ class RegistryWatcher(Generic[T]):
 
     def refresh(self) -> bool:
         """Reload if the file changed; True when it did (whether or not the new version loaded). A version that
-        fails keeps ``value`` as it was, sets ``error`` and is not retried until the file changes again."""
+        fails keeps ``value`` as it was, sets ``error`` and is not retried until the file changes again. The stat
+        comes before the read, so a write in between is read again at the next refresh, never missed."""
         if not self.file.changed():
             return False
         if self.file.state is None:
