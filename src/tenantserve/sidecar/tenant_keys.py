@@ -11,6 +11,11 @@ from tenantserve.sidecar.store import RegistryStore
 
 
 class KeyService:
+    """Tenant API keys through the admin API: issue, list, revoke, each counted in
+    ``tenantserve_sidecar_operations_total``. Owns no state: every call goes through the ``RegistryStore`` (issue and
+    revoke as one locked registry write). Raises ``TenantNotFound`` (404), ``KeyNotFound`` (404) and the store's
+    write errors (503)."""
+
     def __init__(self, store: RegistryStore, metrics: SidecarMetrics) -> None:
         self.store, self.metrics = store, metrics
 
