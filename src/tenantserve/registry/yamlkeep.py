@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -70,7 +71,17 @@ def _merge(old: Any, full: Any, minimal: Any) -> Any:
         return minimal if type(minimal) is type(full) else full
     if type(old) is type(full) and old == full:  # keep the original scalar (its quoting style)
         return old
+    if isinstance(old, datetime) and isinstance(full, str) and _same_instant(old, full):
+        return old  # the file's unquoted timestamp, not the JSON dump's string
     return full
+
+
+def _same_instant(old: datetime, text: str) -> bool:
+    try:
+        new = datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return (old.tzinfo is None) == (new.tzinfo is None) and old == new
 
 
 def _merge_map(old: CommentedMap, full: dict[str, Any], minimal: dict[str, Any]) -> None:
