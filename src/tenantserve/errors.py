@@ -27,7 +27,6 @@ class Reason(StrEnum):
     PATH_MISSING = "path_missing"
     REGISTRY_LOCKED = "registry_locked"
     REGISTRY_UNWRITABLE = "registry_unwritable"
-    REGISTRY_READ_ONLY = "registry_read_only"
     TENANT_NOT_FOUND = "tenant_not_found"
     KEY_NOT_FOUND = "key_not_found"
     # admission of an adapter (and of the base it needs)
