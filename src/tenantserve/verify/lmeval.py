@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from tenantserve.bearer import bearer_header
 from tenantserve.errors import TenantserveError
 from tenantserve.verify.prompts import PromptsError
 
@@ -164,7 +165,7 @@ def consolidated_args(url: str, model: str, tokenizer_dir: Path, token: str | No
     args: dict[str, Any] = {"base_url": f"{url}/v1/completions", "model": model, "tokenizer": str(tokenizer_dir),
                             "tokenizer_backend": "huggingface", "num_concurrent": 4, "max_retries": 1}
     if token:
-        args["header"] = {"Authorization": f"Bearer {token}"}
+        args["header"] = bearer_header(token)
     return args
 
 
