@@ -99,7 +99,7 @@ def saved_vllm():
     package = importlib.import_module(cpu_lora_fix.OPS_PACKAGE)
     cls = punica_cpu.PunicaWrapperCPU
     saved = {m: {n: getattr(m, n) for n in cpu_lora_fix.GROUPED} for m in (ops, package, punica_cpu)}
-    methods = {n: cls.__dict__[n] for n in cpu_lora_fix.METHODS}
+    methods = {n: cls.__dict__[n] for n in (*cpu_lora_fix.METHODS, cpu_lora_fix.LINEAR)}
     # vLLM as it ships: an earlier test in the session may have loaded the plugin (vLLM loads general plugins when
     # its config/argument code runs), whose import hook then patched these on import
     for module, fns in saved.items():
@@ -124,12 +124,12 @@ def _unwrapped(fn):  # type: ignore[no-untyped-def]
 def test_install_patches_ops_and_punica_cpu_once(saved_vllm) -> None:
     punica_cpu = saved_vllm
     replaced = cpu_lora_fix.install_everywhere(punica_cpu, {})
-    assert len(replaced) == 9 + 6
+    assert len(replaced) == 9 + 6 + 1
     for module in (ops, punica_cpu):
         for name in cpu_lora_fix.GROUPED:
             assert is_wrapped(getattr(module, name)), (module.__name__, name)
             assert getattr(module, name).__wrapped__ is not cpu_lora_fix.GROUPED[name]
-    for name in cpu_lora_fix.METHODS:
+    for name in (*cpu_lora_fix.METHODS, cpu_lora_fix.LINEAR):
         assert is_wrapped(getattr(punica_cpu.PunicaWrapperCPU, name))
     assert cpu_lora_fix.install_everywhere(punica_cpu, {}) == []  # a second registration replaces nothing
     # sgmv_* (prefill) go through the module's bgmv_*: base tokens get no delta there either
@@ -145,6 +145,7 @@ def test_mode_env_chooses_the_ops(saved_vllm, mode: str, methods: bool, op: str 
     punica_cpu = saved_vllm
     cpu_lora_fix.install_everywhere(punica_cpu, {cpu_lora_fix.MODE_ENV: mode})
     assert is_wrapped(punica_cpu.PunicaWrapperCPU._shrink_decode) == methods
+    assert is_wrapped(punica_cpu.PunicaWrapperCPU.add_lora_linear) == methods
     fn = punica_cpu.bgmv_shrink
     if op is None:
         assert not is_wrapped(fn)

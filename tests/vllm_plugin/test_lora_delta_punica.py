@@ -30,9 +30,9 @@ def grouped() -> Iterator[None]:
     cls = punica_cpu.PunicaWrapperCPU
     modules = [ops, importlib.import_module(cpu_lora_fix.OPS_PACKAGE), punica_cpu]
     saved_ops = {m: {n: getattr(m, n) for n in cpu_lora_fix.GROUPED} for m in modules}
-    saved_methods = {n: cls.__dict__[n] for n in cpu_lora_fix.METHODS}
+    saved_methods = {n: cls.__dict__[n] for n in (*cpu_lora_fix.METHODS, cpu_lora_fix.LINEAR)}
     cpu_lora_fix.install_everywhere(punica_cpu, {})
-    assert all(is_wrapped(getattr(cls, n)) for n in cpu_lora_fix.METHODS)
+    assert all(is_wrapped(getattr(cls, n)) for n in saved_methods)  # add_lora_linear: the fused one
     yield
     for module, fns in saved_ops.items():
         for name, fn in fns.items():

@@ -16,6 +16,10 @@ Installed when ``vllm.lora.punica_wrapper.punica_cpu`` is imported (every proces
   ``add_lora_linear``/``add_shrink``/``add_expand``/``add_lora_embedding`` call reaches) use the step's row groups,
   cached on the wrapper and keyed on its token-to-slot buffer's identity and version (rewritten by every
   ``update_metadata``), so all the layers of a step share one grouping.
+- ``PunicaWrapperCPU.add_lora_linear`` (every LoRA linear layer, once per step) runs ``lora_delta.linear``: one
+  gather of the adapter rows, one batched matmul per op over the slots in use, one ``index_add_`` for all of a
+  packed layer's slices (q/k/v, gate/up). Installed only over the grouped leaf methods, and only if it computes
+  what vLLM's does on a probe step; calls it does not cover (a caller's own buffer, other shapes) go to vLLM's.
 - The module-level ``bgmv_*`` ops (in ``lora_ops``, the ``torch_ops`` package and ``punica_cpu``, which imported the
   names; ``sgmv_*`` call ``lora_ops``'s) group per call: ``add_lora_logits`` and ``apply_lora_full_linear`` reach
   them with the per-request sampler indices, and any other caller gets the fix too.
@@ -196,6 +200,73 @@ METHODS: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {
 }
 
 
+# add_lora_linear, fused over its slices (every LoRA linear layer calls it once per step).
+
+LINEAR = "add_lora_linear"
+LINEAR_PARAMS = ("self", "y", "x", "lora_a_stacked", "lora_b_stacked", "scale", "output_slices", "buffer", "kwargs")
+
+
+def add_lora_linear(original: Callable[..., None], self: Any, y: Any, x: Any, lora_a_stacked: Any,
+                    lora_b_stacked: Any, scale: float, output_slices: Any, *, buffer: Any = None,
+                    **kwargs: Any) -> None:
+    """``lora_delta.linear`` over the step's groups when it covers the call (vLLM's layers pass no buffer and no
+    extra arguments); otherwise vLLM's ``original``, whose leaf methods are the grouped ones."""
+    groups = step_groups(self)
+    if (buffer is None and not kwargs
+            and lora_delta.fits_linear(y, x, lora_a_stacked, lora_b_stacked, output_slices, groups)):
+        lora_delta.linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, groups)
+        return
+    original(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
+
+
+def _linear_method(original: Callable[..., None]) -> Callable[..., None]:
+    def call(self: Any, y: Any, x: Any, lora_a_stacked: Any, lora_b_stacked: Any, scale: float, output_slices: Any,
+             *, buffer: Any = None, **kwargs: Any) -> None:
+        add_lora_linear(original, self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer,
+                        **kwargs)
+
+    setattr(call, IMPL_ATTR, add_lora_linear)
+    return mark_wrapped(call, original)
+
+
+def linear_matches(cls: type, original: Callable[..., None]) -> bool:
+    """True when ``original`` (``cls``'s ``add_lora_linear``) computes what the fused one does on a tiny mixed step
+    (two slices, two slots, base rows between): adapter rows equal to 1e-5, base rows untouched."""
+    import torch
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(0)
+    x, y0 = torch.randn(5, 4, generator=g), torch.randn(5, 6, generator=g)
+    a = (torch.randn(2, 1, 2, 4, generator=g), torch.randn(2, 1, 2, 4, generator=g))
+    b = (torch.randn(2, 1, 2, 2, generator=g), torch.randn(2, 1, 4, 2, generator=g))
+    ids = (1, 0, 2, 1, 0)  # lora ids; 0: the base
+    mapping = SimpleNamespace(index_mapping=ids, prompt_mapping=ids, is_prefill=True)  # vLLM's LoRAMapping fields
+    try:
+        wrapper = cls(8, 8, "cpu")
+        wrapper.update_metadata(mapping, [1, 2], 3, 16)
+        got, want = y0.clone(), y0.clone()
+        add_lora_linear(original, wrapper, got, x, a, b, 0.5, (2, 4))
+        original(wrapper, want, x, a, b, 0.5, (2, 4))
+    except Exception:
+        return False
+    adapter = torch.tensor([i > 0 for i in ids])
+    return bool(torch.allclose(got[adapter], want[adapter], rtol=1e-5, atol=1e-6)
+                and torch.equal(got[~adapter], y0[~adapter]))
+
+
+def install_linear(cls: type) -> list[str]:
+    """Replace ``cls.add_lora_linear`` (once) if it has vLLM 0.32's signature and computes the same delta."""
+    original = getattr(cls, LINEAR, None)
+    if original is None or is_wrapped(original):
+        return []
+    if tuple(inspect.signature(original).parameters) != LINEAR_PARAMS or not linear_matches(cls, original):
+        logger.warning("tenantserve: %s.%s is not vLLM 0.32's; left as is (the grouped leaf ops still apply)",
+                       cls.__name__, LINEAR)
+        return []
+    setattr(cls, LINEAR, _linear_method(original))
+    return [LINEAR]
+
+
 # Probes: is the function we are about to replace the one whose behaviour we reproduce?
 
 def _probe_case() -> tuple[Any, ...]:
@@ -316,5 +387,8 @@ def install_everywhere(punica_cpu: ModuleType, environ: Mapping[str, str] | None
             replaced += [f"{module.__name__}.{name}" for name in install(module, ops)]
     wrapper = getattr(punica_cpu, "PunicaWrapperCPU", None)
     if mode == "grouped" and wrapper is not None:
-        replaced += [f"PunicaWrapperCPU.{name}" for name in install_methods(wrapper)]
+        methods = install_methods(wrapper)
+        if methods or all(is_wrapped(getattr(wrapper, name, None)) for name in METHODS):
+            methods += install_linear(wrapper)  # only over grouped leaf methods (its fallback calls them)
+        replaced += [f"PunicaWrapperCPU.{name}" for name in methods]
     return replaced

@@ -22,42 +22,80 @@ Rows = Union[slice, torch.Tensor]  # a contiguous run as a slice (no copy), else
 
 
 @dataclass(frozen=True)
+class Grid:
+    """The adapter rows of one step laid out for one batched matmul per op: the slots ``first .. first+count-1``
+    (every one with rows) each fill one grid row of ``width`` cells with their batch rows, padded with their own
+    first row. ``gather`` (count * width) is each cell's batch row; ``valid`` the cells holding real rows, in
+    ``RowGroups.flat`` order (None when nothing is padded)."""
+
+    first: int
+    count: int
+    width: int
+    gather: torch.Tensor
+    valid: torch.Tensor | None
+
+
+@dataclass(frozen=True)
 class RowGroups:
     """The rows of one batch grouped by LoRA slot: ``slots`` pairs each distinct slot (>= 0) with its rows, ``base``
     holds the rows with no adapter (-1), or None when there are none. Depends only on the token-to-slot mapping.
 
-    When some slot's rows are scattered (decode batches usually are), ``order`` lists the adapter rows sorted by
-    slot and ``spans`` gives each slot's ``(slot, start, end)`` in it: the ops then gather once, run one matmul per
-    slot on a contiguous span, and scatter once. When every slot's rows are one run (``order`` None) they are
-    sliced in place, with no copy at all."""
+    ``flat`` lists the adapter rows sorted by slot (then by row) and ``spans`` gives each slot's ``(slot, start,
+    end)`` in it. ``order`` is ``flat`` when some slot's rows are scattered (decode batches usually are): the
+    single-op functions then gather once, run one matmul per slot on a contiguous span, and scatter once; when
+    every slot's rows are one run (``order`` None) they are sliced in place, with no copy at all. ``grid`` is the
+    layout ``linear`` uses for one batched matmul per op (None when the slots in use are not consecutive or padding
+    would more than double the rows)."""
 
     rows: int
     slots: tuple[tuple[int, Rows], ...]
     base: Rows | None
     order: torch.Tensor | None = None
     spans: tuple[tuple[int, int, int], ...] = ()
+    flat: torch.Tensor | None = None
+    grid: Grid | None = None
 
     @classmethod
     def of(cls, indices: torch.Tensor) -> RowGroups:
-        """Group a 1-D tensor of slot indices (-1: base). One ``tolist`` and a Python pass: ~10-50 us for 64-512
+        """Group a 1-D tensor of slot indices (-1: base). One ``tolist`` and a Python pass: ~10-60 us for 64-512
         rows, paid once per step when cached (see ``cpu_lora_fix.step_groups``)."""
         members: dict[int, list[int]] = {}
         for row, slot in enumerate(indices.tolist()):
             members.setdefault(slot if slot >= 0 else -1, []).append(row)
         base = members.pop(-1, None)
-        slots = tuple((slot, _rows(rows)) for slot, rows in sorted(members.items()))
-        order, spans = None, []
-        if not all(isinstance(rows, slice) for _, rows in slots):
-            flat: list[int] = []
-            for slot, rows in sorted(members.items()):
-                spans.append((slot, len(flat), len(flat) + len(rows)))
-                flat += rows
-            order = torch.tensor(flat, dtype=torch.long)
-        return cls(indices.shape[0], slots, _rows(base) if base else None, order, tuple(spans))
+        groups = sorted(members.items())
+        slots = tuple((slot, _rows(rows)) for slot, rows in groups)
+        flat: list[int] = []
+        spans = []
+        for slot, rows in groups:
+            spans.append((slot, len(flat), len(flat) + len(rows)))
+            flat += rows
+        flat_t = torch.tensor(flat, dtype=torch.long) if flat else None
+        scattered = not all(isinstance(rows, slice) for _, rows in slots)
+        return cls(indices.shape[0], slots, _rows(base) if base else None, flat_t if scattered else None,
+                   tuple(spans), flat_t, _grid(groups, len(flat)))
 
     @property
     def all_base(self) -> bool:
         return not self.slots
+
+
+def _grid(groups: list[tuple[int, list[int]]], adapter_rows: int) -> Grid | None:
+    """The batched layout of ``groups`` (slot, ascending rows), if the slots are consecutive and padding every slot
+    to the busiest one's row count at most doubles the rows."""
+    if not groups or groups[-1][0] - groups[0][0] + 1 != len(groups):
+        return None
+    width = max(len(rows) for _, rows in groups)
+    if len(groups) * width > 2 * adapter_rows:
+        return None
+    gather: list[int] = []
+    valid: list[int] = []
+    for g, (_, rows) in enumerate(groups):
+        valid += range(g * width, g * width + len(rows))
+        gather += rows + [rows[0]] * (width - len(rows))
+    padded = len(valid) < len(gather)
+    return Grid(groups[0][0], len(groups), width, torch.tensor(gather, dtype=torch.long),
+                torch.tensor(valid, dtype=torch.long) if padded else None)
 
 
 def _rows(rows: list[int]) -> Rows:
@@ -144,7 +182,92 @@ def expand(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: Ro
     ds = torch.empty(hs.shape[0], size, dtype=hs.dtype)
     for slot, start, end in groups.spans:
         torch.mm(hs[start:end], _weight(weights, slot, out.dtype, size).T, out=ds[start:end])
-    if add:
+    if add and target.is_contiguous():
         target.index_add_(0, groups.order, ds.to(out.dtype))
+    elif add:  # a column slice: index_add_ takes a slow per-element path on it (~15x), this is the same sum
+        target.index_copy_(0, groups.order, target.index_select(0, groups.order) + ds.to(out.dtype))
     else:
         target.index_copy_(0, groups.order, ds.to(out.dtype))
+
+
+#: Above this many delta elements (adapter rows x output columns) ``linear`` works slice by slice in place instead
+#: of building the whole layer's delta at once (prefill batches: 16 MiB of float32).
+FUSED_LIMIT = 1 << 22
+
+
+def fits_linear(y: torch.Tensor, x: torch.Tensor, a_stacked: tuple[torch.Tensor, ...],
+                b_stacked: tuple[torch.Tensor, ...], slices: tuple[int, ...], groups: RowGroups) -> bool:
+    """Whether ``linear`` covers this call: 2-D ``x`` (rows, in) and ``y`` (rows, sum of slices) with the step's
+    rows, one (A, B) pair per slice with matching widths and ranks, and slots for every adapter row. Anything else
+    is left to vLLM's own ``add_lora_linear`` (which fails where vLLM fails)."""
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != groups.rows or y.shape[0] != groups.rows:
+        return False
+    if not (len(a_stacked) == len(b_stacked) == len(slices) > 0) or sum(slices) != y.shape[1]:
+        return False
+    top = groups.slots[-1][0] if groups.slots else -1
+    for a, b, size in zip(a_stacked, b_stacked, slices):
+        if a.dim() not in (3, 4) or b.dim() != a.dim() or (a.dim() == 4 and (a.shape[1] != 1 or b.shape[1] != 1)):
+            return False
+        if a.shape[-1] != x.shape[1] or b.shape[-2] != size or a.shape[-2] != b.shape[-1]:
+            return False
+        if a.shape[0] <= top or b.shape[0] <= top:
+            return False
+    return True
+
+
+def _stack(weights: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """Slots ``first .. first+count-1`` of (slots, [1,] out, in) weights as a (count, out, in) view."""
+    w = weights[first : first + count]
+    return w.squeeze(1) if w.dim() == 4 else w
+
+
+def linear(y: torch.Tensor, x: torch.Tensor, a_stacked: tuple[torch.Tensor, ...], b_stacked: tuple[torch.Tensor, ...],
+           scale: float, slices: tuple[int, ...], groups: RowGroups) -> None:
+    """vLLM's ``add_lora_linear`` for one layer: for each slice i, ``y[r, cols_i] += (scale * x[r] @ A_i.T) @ B_i.T``
+    for adapter rows; base rows are never read or written. Call ``fits_linear`` first.
+
+    The math is vLLM's: the shrink in float32 (vLLM's shrink buffer), the expand in ``y``'s dtype, the delta rounded
+    to it and added once. The work is fused across the slices (q/k/v, gate/up): the adapter rows are gathered once,
+    each op is one batched matmul over the slots in use (``RowGroups.grid``) or one matmul per slot, and the whole
+    delta is added with one ``index_add_``. Big batches (over ``FUSED_LIMIT`` delta elements) go slice by slice
+    through ``shrink`` and ``expand`` in place."""
+    if groups.all_base:
+        return
+    assert groups.flat is not None
+    rank = a_stacked[0].shape[-2]
+    if groups.flat.shape[0] * y.shape[1] > FUSED_LIMIT:
+        offset = 0
+        for a, b, size in zip(a_stacked, b_stacked, slices):
+            buffer = torch.empty(groups.rows, rank, dtype=torch.float32)
+            shrink(x, a, buffer, groups, scale)
+            expand(buffer, b, y, groups, offset, size, True)
+            offset += size
+        return
+    grid = groups.grid
+    parts = []
+    if grid is not None:
+        xs = x.index_select(0, grid.gather).to(torch.float32).view(grid.count, grid.width, x.shape[1])
+        for a, b, size in zip(a_stacked, b_stacked, slices):
+            h = torch.bmm(xs, _stack(a, grid.first, grid.count).to(torch.float32).transpose(1, 2))
+            if scale != 1.0:
+                h.mul_(scale)
+            bw = _operand(_stack(b, grid.first, grid.count), y.dtype)
+            parts.append(torch.bmm(_operand(h, y.dtype), bw.transpose(1, 2)))
+        delta = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)).view(grid.count * grid.width, y.shape[1])
+        if grid.valid is not None:
+            delta = delta.index_select(0, grid.valid)
+    else:
+        xs = x.index_select(0, groups.flat).to(torch.float32)
+        for a, b, size in zip(a_stacked, b_stacked, slices):
+            h = torch.empty(xs.shape[0], rank, dtype=torch.float32)
+            for slot, start, end in groups.spans:
+                torch.mm(xs[start:end], _slot_weight(a, slot).to(torch.float32).T, out=h[start:end])
+            if scale != 1.0:
+                h.mul_(scale)
+            hs = _operand(h, y.dtype)
+            d = torch.empty(xs.shape[0], size, dtype=hs.dtype)
+            for slot, start, end in groups.spans:
+                torch.mm(hs[start:end], _weight(b, slot, y.dtype, size).T, out=d[start:end])
+            parts.append(d)
+        delta = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    y.index_add_(0, groups.flat, delta.to(y.dtype))
