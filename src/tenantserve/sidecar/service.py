@@ -55,7 +55,7 @@ class AdminService:
         self.store, self.engine, self.board, self.metrics, self.config = store, engine, board, metrics, config
         self.content = content  # None: serve folders as they are (tests without an adapter store)
         self.max_lora_rank = max_lora_rank
-        self.lora_config = lora_config  # the engine as configured (engine.launch.engine_lora); None: the rank alone
+        self.lora_config = lora_config  # the engine as configured (registry.knobs.engine_lora); None: the rank alone
         self.base = base
 
     def admit(self, registry: Registry, adapter: AdapterSpec) -> object:
