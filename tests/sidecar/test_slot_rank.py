@@ -127,7 +127,7 @@ def test_a_rank_16_adapter_onboards_on_an_engine_whose_slots_a_rank_pattern_size
             created = c.post("/admin/tenants/acme/adapters",
                              json={"name": "sixteen", "path": "sixteen", "base_fingerprint": pin})
             assert created.status_code == 201, created.text
-            assert created.json()["state"] == "ready"
+            assert created.json()["state"] == "loaded"
         out = running.openai().completions.create(model="sixteen", prompt="Hello", max_tokens=2)
         assert out.choices[0].text is not None
     finally:

@@ -9,10 +9,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from tenantserve.cli.options import registry_option
+from tenantserve.cli.options import command_settings, registry_option
 from tenantserve.demo.run import Demo, demo_api_key, free_port
 from tenantserve.registry.schema import Registry
-from tenantserve.settings import Settings
 
 
 @click.command("demo")
@@ -27,7 +26,7 @@ def command(registry_path: Path, port: int) -> None:
     On a registry with security.auth on, the demo's client uses the admin token (env named by
     security.admin_token_env, default TENANTSERVE_ADMIN_TOKEN); without it, exit 2 and one line saying so.
     """
-    settings = Settings()
+    settings = command_settings()
     registry = Registry.load(registry_path)
     api_key = demo_api_key(registry, os.environ)
     demo = Demo(

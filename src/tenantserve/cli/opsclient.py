@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
 import httpx
 
 from tenantserve.bearer import bearer_header
+from tenantserve.cli.options import SettingsOption, command_settings
 from tenantserve.engine.runstate import read_state
 from tenantserve.errors import Reason, TenantserveError
-from tenantserve.settings import Settings
+from tenantserve.settings import ADMIN_TOKEN_ENV, Settings, token_from
 
 
 class SidecarCallError(TenantserveError):
     """The sidecar refused the call (exit 2) or could not do it (exit 3); ``code`` is the sidecar's reason."""
-
-
-def _defaults() -> Settings:
-    return Settings()
 
 
 def default_sidecar_url(settings: Settings) -> str:
@@ -30,32 +28,19 @@ def default_sidecar_url(settings: Settings) -> str:
     return f"http://{settings.sidecar_host}:{settings.sidecar_port}"
 
 
-class _ResolvedDefault(click.Option):
-    """Shows the default as it resolves now (``[default: http://127.0.0.1:8001]``), not as "(dynamic)"."""
-
-    def get_help_record(self, ctx: click.Context):  # type: ignore[no-untyped-def]
-        dynamic, self.default = self.default, self.get_default(ctx, call=True)
-        self.show_default = True
-        try:
-            return super().get_help_record(ctx)
-        finally:
-            self.default = dynamic
-
-
 url_option = click.option(
-    "--url", cls=_ResolvedDefault, default=lambda: default_sidecar_url(_defaults()),
+    "--url", cls=SettingsOption, default=lambda: default_sidecar_url(command_settings()),
     help="The sidecar's admin API. Default: the sidecar `tenantserve up` started for the registry "
     "(TENANTSERVE_REGISTRY; a state file beside it), else http://TENANTSERVE_SIDECAR_HOST:TENANTSERVE_SIDECAR_PORT.",
 )
 
 
 class AdminClient:
-    """Synchronous client of the admin API; the token comes from TENANTSERVE_ADMIN_TOKEN."""
+    """Synchronous client of the admin API; the token: ``token``, else $TENANTSERVE_ADMIN_TOKEN."""
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 180.0) -> None:
         if token is None:
-            secret = _defaults().admin_token
-            token = secret.get_secret_value() if secret else None
+            token = token_from(ADMIN_TOKEN_ENV, os.environ)
         self.url = url.rstrip("/")
         self._client = httpx.Client(base_url=self.url, headers=bearer_header(token), timeout=timeout)
 

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from tenantserve.cli.options import host_option, port_option, registry_option
+from tenantserve.cli.options import command_settings, host_option, port_option, registry_option, setting_option
 from tenantserve.cli.sidecar import adapters_root_option, insecure_option
 from tenantserve.engine.launch import plan_launch
 from tenantserve.engine.process import check_port_free
 from tenantserve.registry.schema import Registry
-from tenantserve.settings import Settings
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.together import run_together
-
-_defaults = Settings()
 
 
 @click.command("up")
 @registry_option
 @host_option
 @port_option
-@click.option("--sidecar-port", type=click.IntRange(1, 65535), default=_defaults.sidecar_port, show_default=True,
-              help="Port of the sidecar's admin API (env TENANTSERVE_SIDECAR_PORT).")
+@setting_option("--sidecar-port", field="sidecar_port", type=click.IntRange(1, 65535),
+                help="Port of the sidecar's admin API")
 @adapters_root_option
 @insecure_option
 def command(registry_path: Path, host: str, port: int, sidecar_port: int, adapters_root: Path, insecure: bool) -> None:
@@ -36,13 +34,14 @@ def command(registry_path: Path, host: str, port: int, sidecar_port: int, adapte
     `tenantserve tenants|adapters ...` find the admin API with no --url (a state file beside the registry, removed on
     exit). The admin API is on http://127.0.0.1:SIDECAR_PORT (docs at /docs).
     """
-    settings = Settings()
+    settings = command_settings()
+    registry = Registry.load(registry_path, check_paths=False)  # bad adapters fail alone
     engine_url = f"http://127.0.0.1:{port}"
-    config = SidecarConfig.from_settings(settings, insecure=insecure, registry_path=registry_path,
-                                         engine_url=engine_url, adapters_root=adapters_root.absolute())
+    config = SidecarConfig.resolve(settings, registry.security, os.environ, insecure=insecure,
+                                   registry_path=registry_path, engine_url=engine_url, adapters_root=adapters_root)
     check_port_free(host, port)  # exit 3 before anything starts: the sidecar must never talk to a squatter
     check_port_free(settings.sidecar_host, sidecar_port, what="the sidecar")
-    plan = plan_launch(Registry.load(registry_path, check_paths=False), host=host, port=port)  # bad adapters fail alone
+    plan = plan_launch(registry, host=host, port=port)
     for warning in plan.warnings:
         click.echo(f"tenantserve: warning: {warning}", err=True)
     for refusal in plan.refused:  # left out of the engine; the sidecar shows them as failed

@@ -11,8 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tenantserve.cli.options import registry_option
-from tenantserve.settings import Settings
+from tenantserve.cli.options import command_settings, registry_option
 from tenantserve.verify import VerifyReport, VerifyRequest, verify
 
 
@@ -48,7 +47,7 @@ def command(model: str, registry_path: Path, engine_url: str | None, prompts: Pa
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the dedicated side's weight-loading bars; our progress lines say enough
-    settings = Settings()
+    settings = command_settings()
     err = Console(stderr=True, soft_wrap=True)
     request = VerifyRequest(model=model, registry_path=registry_path, engine_url=engine_url, prompts=prompts,
                             dedicated_base=dedicated_base, top_k=top_k, tolerance=tolerance, lm_eval_task=lm_eval_task,

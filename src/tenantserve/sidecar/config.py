@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenantserve.settings import Settings
+from tenantserve.errors import Reason
+from tenantserve.registry.schema import SecuritySpec
+from tenantserve.settings import Settings, token_from
 from tenantserve.sidecar.errors import ConfigError
 
 
@@ -33,23 +36,29 @@ class SidecarConfig:
     metrics_token: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, insecure: bool = False, **overrides: object) -> SidecarConfig:
-        token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    def resolve(cls, settings: Settings, security: SecuritySpec, environ: Mapping[str, str], *,
+                insecure: bool = False, registry_path: Path | None = None, engine_url: str | None = None,
+                adapters_root: Path | None = None) -> SidecarConfig:
+        """The sidecar's configuration: ``settings`` (the command's, built once), the flags that override them, and
+        the tokens read from the variables the registry's ``security`` section names (``admin_token_env``,
+        ``metrics_token_env``), exactly as the engine's middleware reads them.
+
+        Raises ``ConfigError`` (``admin_token_missing``, exit 2) without an admin token unless ``insecure``."""
+        token = token_from(security.admin_token_env, environ)
         if not token and not insecure:
             raise ConfigError(
-                "TENANTSERVE_ADMIN_TOKEN is not set: the admin API refuses to start without a token "
-                "(use --insecure-dev-no-auth only on a development machine)",
-                code="admin_token_missing",
+                f"{security.admin_token_env} is not set (the registry's security.admin_token_env names it): the "
+                "admin API refuses to start without a token (use --insecure-dev-no-auth only on a development "
+                "machine)",
+                code=Reason.ADMIN_TOKEN_MISSING,
             )
-        values: dict[str, object] = {
-            "registry_path": settings.registry,
-            "engine_url": settings.engine_url.rstrip("/"),
-            "admin_token": token or None,
-            "insecure": insecure,
-            "reconcile_interval": settings.reconcile_interval,
-            "drain_timeout": settings.drain_timeout,
-            "adapters_root": settings.adapters_root.absolute(),
-            "metrics_token": settings.metrics_token.get_secret_value() if settings.metrics_token else None,
-        }
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(
+            registry_path=registry_path if registry_path is not None else settings.registry,
+            engine_url=(engine_url if engine_url is not None else settings.engine_url).rstrip("/"),
+            admin_token=token,
+            insecure=insecure,
+            reconcile_interval=settings.reconcile_interval,
+            drain_timeout=settings.drain_timeout,
+            adapters_root=(adapters_root if adapters_root is not None else settings.adapters_root).absolute(),
+            metrics_token=token_from(security.metrics_token_env, environ),
+        )
