@@ -48,7 +48,9 @@ __all__ = ["LLAMA_PACKED", "Admission", "BaseCheck", "BaseFacts", "EngineLora", 
 
 @dataclass(frozen=True)
 class Admission:
-    """What was learned about an admitted adapter."""
+    """What was learned about an admitted adapter: ``rank``, the largest rank a slot must hold (``rank_pattern``
+    included); ``bytes``, its weight files on disk; ``modules``, how many base modules it adapts; ``warnings``, what
+    is served differently from what it asks (modules the engine's target filter drops, an unverified base)."""
 
     name: str
     rank: int
