@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tenantserve.engine.launch import INSECURE_ENV, InsecureBind, is_loopback, plan_launch, require_safe_bind
+from tenantserve.engine.launch import InsecureBind, is_loopback, plan_launch, require_safe_bind
 from tenantserve.registry.schema import Registry
+from tenantserve.settings import INSECURE_ENV
 from tests.conftest import ROOT
 from tests.lora_corpus import make_adapter, make_base
 

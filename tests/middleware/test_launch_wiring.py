@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.engine.launch import TENANT_MIDDLEWARE, plan_launch
+from tenantserve.engine.launch import plan_launch
 from tenantserve.middleware import MIDDLEWARE_PATH
 from tenantserve.registry.schema import Registry
 from tests.conftest import DEFAULT_REGISTRY, EMBEDDED
@@ -42,7 +42,7 @@ def test_default_demo_registry_runs_plain_vllm(tmp_path: Path) -> None:
 @needs_model
 def test_auth_on_adds_the_middleware_once_and_names_the_registry(tmp_path: Path) -> None:
     path = _copy(tmp_path, auth=True)
-    plan = plan_launch(Registry.load(path), device="cpu", middleware=(TENANT_MIDDLEWARE,))
+    plan = plan_launch(Registry.load(path), device="cpu", middleware=(MIDDLEWARE_PATH,))
     assert _middleware_args(plan.argv) == [MIDDLEWARE_PATH]
     assert plan.env["TENANTSERVE_REGISTRY"] == str(path.resolve())
 

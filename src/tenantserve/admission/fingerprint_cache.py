@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 from tenantserve.registry.schema import atomic_write_text
+from tenantserve.settings import CACHE_DIR_ENV
 
 CACHE_FILE = "fingerprints.json"
 RACY_WINDOW_NS = 2_000_000_000
@@ -27,8 +28,8 @@ _FORMAT = 1
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where the cache lives (module docstring), from ``environ`` (default ``os.environ``); nothing is created."""
     env = os.environ if environ is None else environ
-    if env.get("TENANTSERVE_CACHE_DIR"):
-        return Path(env["TENANTSERVE_CACHE_DIR"])
+    if env.get(CACHE_DIR_ENV):
+        return Path(env[CACHE_DIR_ENV])
     if env.get("XDG_CACHE_HOME"):
         return Path(env["XDG_CACHE_HOME"]) / "tenantserve"
     return Path.home() / ".cache" / "tenantserve"

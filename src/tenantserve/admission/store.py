@@ -33,9 +33,9 @@ from tenantserve.admission.fingerprint import PREFIX, manifest_digest
 from tenantserve.admission.fingerprint_cache import FileKey, FingerprintCache, default_cache_dir
 from tenantserve.errors import AdapterError, TenantserveError
 from tenantserve.registry.schema import AdapterSpec, Registry
+from tenantserve.settings import ADAPTER_MAX_BYTES_ENV as MAX_BYTES_ENV
+from tenantserve.settings import ADAPTER_STORE_ENV as STORE_ENV
 
-STORE_ENV = "TENANTSERVE_ADAPTER_STORE"
-MAX_BYTES_ENV = "TENANTSERVE_ADAPTER_MAX_BYTES"
 #: The files an adapter is served from (what vLLM reads) and admitted with (the stamp declares the base).
 STORED_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, STAMP_NAME)
 PICKLED_WEIGHTS: tuple[str, ...] = ("adapter_model.bin", "adapter_model.pt")

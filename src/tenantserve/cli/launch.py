@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from tenantserve.cli.options import host_option, port_option, registry_option
-from tenantserve.engine.launch import INSECURE_ENV, INSECURE_FLAG, plan_launch, run_foreground
+from tenantserve.engine.launch import INSECURE_FLAG, plan_launch, run_foreground
 from tenantserve.engine.process import check_port_free
 from tenantserve.registry.schema import Registry
+from tenantserve.settings import INSECURE_ENV
 
 
 @click.command("launch")

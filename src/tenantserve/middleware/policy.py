@@ -35,6 +35,7 @@ from tenantserve.middleware.errors import (
 )
 from tenantserve.registry.keys import key_digest, key_index, lookup
 from tenantserve.registry.schema import Registry
+from tenantserve.settings import ADMIN_TOKEN_ENV
 
 PUBLIC_ROUTES = frozenset({("GET", "/health"), ("HEAD", "/health"), ("GET", "/ping"), ("POST", "/ping")})
 #: Tenant routes whose JSON body names the model: the ACL applies to every one of them.
@@ -141,7 +142,7 @@ class AccessView:
     max_body_bytes: int = 1 << 20
     all_models: frozenset[str] = field(default=frozenset())
     sequence_caps: Mapping[str, int] = field(default_factory=dict)  # tenant id -> max sequences per request
-    admin_token_env: str = "TENANTSERVE_ADMIN_TOKEN"
+    admin_token_env: str = ADMIN_TOKEN_ENV
 
     @classmethod
     def build(cls, registry: Registry, environ: Mapping[str, str]) -> AccessView:

@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 from tenantserve.errors import RegistryError
 from tenantserve.registry.knobs import ALLOWED_LORA_RANKS
 from tenantserve.registry.yamlpos import YamlDocument
+from tenantserve.settings import ADMIN_TOKEN_ENV, METRICS_TOKEN_ENV
 
 #: Adapter names become OpenAI model names and path-like keys: keep them to a safe, printable alphabet.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
@@ -180,11 +181,11 @@ class SecuritySpec(_Strict):
 
     auth: bool = Field(default=True, description="Require tenant API keys (and load the middleware).")
     admin_token_env: str = Field(
-        default="TENANTSERVE_ADMIN_TOKEN", description="Environment variable holding the admin bearer token."
+        default=ADMIN_TOKEN_ENV, description="Environment variable holding the admin bearer token."
     )
     admin_loopback_only: bool = Field(default=True, description="Admin routes answer only clients on loopback.")
     metrics_token_env: str = Field(
-        default="TENANTSERVE_METRICS_TOKEN", description="Env var of the token /metrics needs off loopback."
+        default=METRICS_TOKEN_ENV, description="Env var of the token /metrics needs off loopback."
     )
     max_in_flight: int = Field(
         default=32, ge=1, description="Default per-tenant limit of sequences in flight (a request counts n x prompts)."

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenantserve.bearer import bearer_token
 from tenantserve.errors import Reason
+from tenantserve.settings import ADMIN_TOKEN_ENV, METRICS_TOKEN_ENV
 from tenantserve.sidecar.config import SidecarConfig
 from tenantserve.sidecar.http import error_response
 
@@ -52,9 +53,9 @@ class ExposureGuard:
         if kind is None or is_loopback(client[0] if client else None):
             return await self.app(scope, receive, send)
         presented = _bearer(scope)
-        which = "TENANTSERVE_ADMIN_TOKEN"
+        which = ADMIN_TOKEN_ENV
         if kind == "metrics":
-            which = "TENANTSERVE_METRICS_TOKEN or " + which
+            which = f"{METRICS_TOKEN_ENV} or {which}"
         if presented is None:
             response = error_response(401, Reason.MISSING_TOKEN, f"{scope['path']} off loopback: send 'Authorization: "
                                       f"Bearer <{which}>'")

@@ -27,6 +27,7 @@ from types import ModuleType
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from tenantserve.settings import REGISTRY_ENV
 from tenantserve.vllm_plugin import cpu_lora_fix, defers, slot_order, slots
 from tenantserve.vllm_plugin.labels import AdapterLabels
 from tenantserve.vllm_plugin.metrics import MULTIPROC_ENV, EngineMetrics
@@ -36,7 +37,6 @@ SCHEDULER_MODULE = "vllm.v1.core.sched.scheduler"
 WORKER_MANAGER_MODULE = "vllm.lora.worker_manager"
 #: API server: where vLLM picks a request's adapter (tenantserve.middleware.adapter_guard).
 SERVING_MODULE = "vllm.entrypoints.serve.engine.serving"
-REGISTRY_ENV = "TENANTSERVE_REGISTRY"
 
 
 @dataclass
