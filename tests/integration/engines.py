@@ -68,10 +68,5 @@ def start_engine(registry_path: Path, log_path: Path, *, timeout: float = 420.0,
     port = free_port()
     plan = plan_launch(Registry.load(registry_path), port=port, **plan_kwargs)  # type: ignore[arg-type]
     proc = EngineProcess(plan, base_url=f"http://127.0.0.1:{port}", log_path=log_path, extra_env=extra_env)
-    proc.start()
-    try:
-        proc.wait_ready(timeout)
-    except BaseException:
-        proc.stop()
-        raise
+    proc.start_ready(timeout)
     return RunningEngine(url=f"http://127.0.0.1:{port}", registry_path=registry_path, process=proc)

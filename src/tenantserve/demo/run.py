@@ -125,10 +125,9 @@ class Demo:
             f"max_loras={plan.knobs.max_loras}, max_lora_rank={plan.knobs.max_lora_rank}"
         )
         engine = EngineProcess(plan, base_url=f"http://127.0.0.1:{self.port}", log_path=self.log_path)
-        engine.start()
         try:
             with self.console.status("starting vLLM (30-60 s on 2 CPU cores) ...") as status:
-                took = engine.wait_ready(self.timeout, tick=lambda s: status.update(f"starting vLLM ... {s:.0f} s"))
+                took = engine.start_ready(self.timeout, tick=lambda s: status.update(f"starting vLLM ... {s:.0f} s"))
             self.console.print(f"engine ready in {took:.1f} s (log: {self.log_path})")
             asyncio.run(self._experiments())
         finally:

@@ -83,6 +83,17 @@ class EngineProcess:
         finally:
             log.close()
 
+    def start_ready(self, timeout: float = 300.0, *, tick: Callable[[float], None] | None = None) -> float:
+        """``start``, then ``wait_ready``; an engine that never becomes ready (it dies, ``timeout`` s pass, or the
+        wait is interrupted) is stopped again before the error propagates. Returns the seconds it took to answer.
+        Raises ``EngineError`` (the log's last lines in the message)."""
+        self.start()
+        try:
+            return self.wait_ready(timeout, tick=tick)
+        except BaseException:
+            self.stop()
+            raise
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None

@@ -238,12 +238,7 @@ def start(registry_path: Path, log_path: Path, *, timeout: float = 600.0) -> tup
     url = f"http://127.0.0.1:{port}"
     proc = EngineProcess(plan, base_url=url, log_path=log_path,
                          extra_env={"VLLM_SERVER_DEV_MODE": "1", "PYTHONHASHSEED": HASH_SEED})
-    proc.start()
-    try:
-        proc.wait_ready(timeout)
-    except BaseException:
-        proc.stop()
-        raise
+    proc.start_ready(timeout)
     return proc, url
 
 
