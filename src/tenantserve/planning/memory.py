@@ -135,7 +135,7 @@ def registry_plan_values(registry: Registry) -> dict[str, object]:
     One engine serves the whole registry. Raises ``AdapterError`` / ``RegistryError`` for unreadable entries."""
     from tenantserve.admission.adapter_dir import AdapterConfig, weight_files
     from tenantserve.admission.weights import dtype_bytes
-    from tenantserve.engine.launch import resolve_knobs
+    from tenantserve.registry.knobs import resolve_knobs
 
     configs = [(a, AdapterConfig.read(registry.adapter_path(a), name=a.name)) for _, a in registry.adapters()]
     knobs = resolve_knobs(registry, {a.name: cfg.max_rank for a, cfg in configs})
