@@ -225,9 +225,8 @@ def _engine(request: VerifyRequest, registry: Registry, token: str | None,
     url = f"http://127.0.0.1:{port}"
     engine = EngineProcess(plan, base_url=url, log_path=request.engine_log, extra_env=env)
     progress(f"starting the engine from {request.registry_path} (log: {request.engine_log})")
-    engine.start()
+    took = engine.start_ready(request.ready_timeout)
     try:
-        took = engine.wait_ready(request.ready_timeout)
         progress(f"engine ready in {took:.1f} s")
         yield url, token if registry.security.auth else None
     finally:
