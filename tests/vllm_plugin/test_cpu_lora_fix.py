@@ -193,3 +193,50 @@ def test_methods_with_other_signatures_are_left_alone(caplog) -> None:
 
     assert cpu_lora_fix.install_methods(Partial) == []
     assert not is_wrapped(Partial._shrink_prefill)
+
+
+def test_add_lora_linear_is_replaced_only_where_it_computes_vllms_delta(saved_vllm, caplog) -> None:
+    """Never assume: a subclass whose add_lora_linear computes something else, or one with other parameters, keeps
+    its own (the grouped leaf ops still apply under vLLM's)."""
+    class Other(saved_vllm.PunicaWrapperCPU):
+        def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None,
+                            **kwargs):
+            y.zero_()
+
+    class Renamed(saved_vllm.PunicaWrapperCPU):
+        def add_lora_linear(self, y, x, a, b, scale, output_slices, *, buffer=None, **kwargs): ...
+
+    with caplog.at_level(logging.WARNING, logger="tenantserve.vllm_plugin"):
+        assert cpu_lora_fix.install_linear(Other) == []
+        assert cpu_lora_fix.install_linear(Renamed) == []
+    assert not is_wrapped(Other.__dict__["add_lora_linear"]) and not is_wrapped(Renamed.__dict__["add_lora_linear"])
+    assert "Other.add_lora_linear is not vLLM 0.32's" in caplog.text
+    assert cpu_lora_fix.install_linear(saved_vllm.PunicaWrapperCPU) == ["add_lora_linear"]  # vLLM's own: replaced
+
+
+def test_fused_add_lora_linear_leaves_calls_it_does_not_cover_to_vllm(saved_vllm, monkeypatch) -> None:
+    """A caller's own shrink buffer (vLLM's layers pass none) goes through vLLM's add_lora_linear over the grouped
+    leaf ops: same delta, base rows untouched either way."""
+    from vllm.lora.layers.utils import LoRAMapping
+
+    punica_cpu = saved_vllm
+    cpu_lora_fix.install_everywhere(punica_cpu, {})
+    fused = []
+    real = cpu_lora_fix.lora_delta.linear
+    monkeypatch.setattr(cpu_lora_fix.lora_delta, "linear", lambda *args: fused.append(1) or real(*args))
+    x, a, b, idx = _case()
+    ids = tuple(i + 1 for i in idx.tolist())
+    wrapper = punica_cpu.PunicaWrapperCPU(16, 8, "cpu")
+    wrapper.update_metadata(LoRAMapping(ids, ids, is_prefill=True), [1, 2, 3], 4, 100)
+    y0 = torch.randn(len(idx), a.shape[-1])
+    y_fused, y_vllm = y0.clone(), y0.clone()
+    wrapper.add_lora_linear(y_fused, x, (a,), (b,), 0.5, (b.shape[2],))
+    assert fused == [1]
+    wrapper.add_lora_linear(y_vllm, x, (a,), (b,), 0.5, (b.shape[2],), buffer=(torch.zeros(len(idx), a.shape[2]),))
+    assert fused == [1]
+    expected = y0 + torch.stack([b[i, 0] @ r if i >= 0 else torch.zeros(b.shape[2])
+                                 for i, r in zip(idx.tolist(), _reference_shrink(x, a, idx, 0.5))])
+    torch.testing.assert_close(y_fused, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_vllm, expected, rtol=1e-5, atol=1e-5)
+    base = idx < 0
+    assert torch.equal(y_fused[base], y0[base]) and torch.equal(y_vllm[base], y0[base])

@@ -6,7 +6,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenantserve.vllm_plugin.lora_delta import RowGroups, expand, shrink
+from unittest import mock
+
+from tenantserve.vllm_plugin import lora_delta
+from tenantserve.vllm_plugin.lora_delta import RowGroups, expand, fits_linear, linear, shrink
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -128,3 +131,81 @@ def test_expand_refuses_a_slice_of_another_width() -> None:
     with pytest.raises(ValueError, match="output columns"):
         expand(torch.randn(2, 4), torch.randn(1, 1, 12, 4), torch.zeros(2, 20), RowGroups.of(torch.tensor([0, 0])),
                0, 10, True)
+
+
+def _linear_case(slots: int, indices: list[int], rank: int, widths: list[int], seed: int,
+                 dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(indices), 24, generator=g).to(dtype)
+    a = tuple(torch.randn(slots, 1, rank, 24, generator=g).to(dtype) for _ in widths)
+    b = tuple(torch.randn(slots, 1, n, rank, generator=g).to(dtype) for n in widths)
+    y0 = torch.randn(len(indices), sum(widths), generator=g).to(dtype)  # the base layer's output
+    return x, a, b, y0
+
+
+def _linear_reference(x, a, b, y0, indices: list[int], scale: float, dtype: torch.dtype = torch.float32):
+    """float64, row by row, slice by slice: y0 + (scale * x @ A.T) @ B.T for adapter rows (the shrink's result
+    rounded to ``dtype`` first, as vLLM's expand casts its input)."""
+    deltas = []
+    for ai, bi in zip(a, b):
+        h = (scale * _reference(x, ai, indices)).float().to(dtype)
+        deltas.append(_reference(h, bi, indices))
+    return y0.double() + torch.cat(deltas, dim=1)
+
+
+@SETTINGS
+@given(mappings(), st.sampled_from([1, 4, 16]), st.lists(st.integers(1, 20), min_size=1, max_size=3),
+       st.sampled_from([1.0, 0.5, 2.0]), st.booleans(), st.integers(0, 2**31 - 1))
+def test_linear_matches_float64_and_leaves_base_rows_bit_identical(case, rank: int, widths: list[int], scale: float,
+                                                                    big: bool, seed: int) -> None:
+    """Every layout: the batched grid (consecutive slots, padded or not), one matmul per slot (slots with a gap,
+    very uneven rows) and, for batches over ``FUSED_LIMIT``, slice by slice in place."""
+    slots, indices = case
+    x, a, b, y0 = _linear_case(slots, indices, rank, widths, seed)
+    y = y0.clone()
+    groups = RowGroups.of(torch.tensor(indices))
+    assert fits_linear(y, x, a, b, tuple(widths), groups)
+    with mock.patch.object(lora_delta, "FUSED_LIMIT", 0 if big else lora_delta.FUSED_LIMIT):
+        linear(y, x, a, b, scale, tuple(widths), groups)
+    adapter = torch.tensor([i >= 0 for i in indices])
+    ref = _linear_reference(x, a, b, y0, indices, scale)
+    torch.testing.assert_close(y[adapter].double(), ref[adapter], rtol=1e-5, atol=1e-5)
+    assert torch.equal(y[~adapter], y0[~adapter])  # never read or written: bit-identical to LoRA off
+
+
+def test_bf16_linear_is_within_bf16_rounding_of_float64() -> None:
+    for layout in ([0, 0, -1, 2, 1, -1, 2, 1], [0, 0, -1, 2, 2, -1, 2, 2, 2, 2]):  # grid; per-slot matmuls (gap)
+        x, a, b, y0 = _linear_case(3, layout, 16, [64, 32], 5, torch.bfloat16)
+        y = y0.clone()
+        linear(y, x, a, b, 1.0, (64, 32), RowGroups.of(torch.tensor(layout)))
+        assert y.dtype == torch.bfloat16
+        adapter = torch.tensor([i >= 0 for i in layout])
+        ref = _linear_reference(x, a, b, y0, layout, 1.0, torch.bfloat16)
+        torch.testing.assert_close(y[adapter].double(), ref[adapter], rtol=2e-2, atol=5e-2)
+        assert torch.equal(y[~adapter], y0[~adapter])
+
+
+def test_grid_pads_consecutive_slots_and_gives_up_on_gaps_or_uneven_rows() -> None:
+    even = RowGroups.of(torch.tensor([1, 0, -1, 0, 1, 2, 2, -1]))
+    assert even.grid is not None and (even.grid.first, even.grid.count, even.grid.width) == (0, 3, 2)
+    assert even.grid.gather.tolist() == [1, 3, 0, 4, 5, 6] and even.grid.valid is None
+    assert even.flat is not None and even.flat.tolist() == [1, 3, 0, 4, 5, 6]
+    padded = RowGroups.of(torch.tensor([2, 1, 1, -1, 1]))  # slot 1: 3 rows, slot 2: 1 row, padded with its own
+    assert padded.grid is not None and padded.grid.gather.tolist() == [1, 2, 4, 0, 0, 0]
+    assert padded.grid.valid is not None and padded.grid.valid.tolist() == [0, 1, 2, 3]
+    assert RowGroups.of(torch.tensor([0, 2, 2])).grid is None  # slot 1 unused: the slots are not consecutive
+    assert RowGroups.of(torch.tensor([0] * 7 + [1, 2])).grid is None  # 3 x 7 cells for 9 rows
+    assert RowGroups.of(torch.tensor([-1, -1])).grid is None and RowGroups.of(torch.tensor([-1])).flat is None
+
+
+def test_fits_linear_refuses_what_linear_does_not_cover() -> None:
+    groups = RowGroups.of(torch.tensor([0, -1, 1]))
+    x, a, b, y = _linear_case(2, [0, -1, 1], 4, [6, 5], 0)
+    assert fits_linear(y, x, a, b, (6, 5), groups)
+    assert not fits_linear(y[:2], x[:2], a, b, (6, 5), groups)  # rows other than the step's
+    assert not fits_linear(y, x, a, b, (5, 6), groups)  # slice widths other than the weights'
+    assert not fits_linear(y[:, :10], x, a, b, (6, 5), groups)  # the slices do not cover the output
+    assert not fits_linear(y, x[:, :20], a, b, (6, 5), groups)  # input width
+    assert not fits_linear(y, x, a[:1], b, (6, 5), groups)
+    assert not fits_linear(y, x, tuple(w[:1] for w in a), b, (6, 5), groups)  # slot 1 beyond the stack
+    assert not fits_linear(y.unsqueeze(0), x, a, b, (6, 5), groups)

@@ -212,10 +212,12 @@ def add_lora_linear(original: Callable[..., None], self: Any, y: Any, x: Any, lo
     """``lora_delta.linear`` over the step's groups when it covers the call (vLLM's layers pass no buffer and no
     extra arguments); otherwise vLLM's ``original``, whose leaf methods are the grouped ones."""
     groups = step_groups(self)
-    if (buffer is None and not kwargs
-            and lora_delta.fits_linear(y, x, lora_a_stacked, lora_b_stacked, output_slices, groups)):
-        lora_delta.linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, groups)
-        return
+    if buffer is None and not kwargs:
+        if groups.all_base:  # every row on the base: nothing to add (vLLM's ops add nothing either)
+            return
+        if lora_delta.fits_linear(y, x, lora_a_stacked, lora_b_stacked, output_slices, groups):
+            lora_delta.linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, groups)
+            return
     original(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs)
 
 
