@@ -72,7 +72,8 @@ def installed(mode: str) -> Iterator[None]:
                punica_cpu]
     saved = {m: {n: getattr(m, n) for n in cpu_lora_fix.GROUPED} for m in modules}
     cls = punica_cpu.PunicaWrapperCPU
-    methods = {n: cls.__dict__[n] for n in (*cpu_lora_fix.METHODS, cpu_lora_fix.LINEAR)}
+    linear = getattr(cpu_lora_fix, "LINEAR", None)  # absent in tenantserve before the fused add_lora_linear
+    methods = {n: cls.__dict__[n] for n in (*cpu_lora_fix.METHODS, *([linear] if linear else []))}
     cpu_lora_fix.install_everywhere(punica_cpu, {cpu_lora_fix.MODE_ENV: mode})
     try:
         yield
