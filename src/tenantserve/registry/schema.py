@@ -3,8 +3,9 @@
 Pydantic models describe it; ``Registry.load`` reads and validates a file and reports every problem with the
 place it was found (``adapters.yaml:14: tenants[0].adapters[1].name: ...``); ``Registry.save`` writes atomically,
 so a reader (or a crash half-way) never sees half a file. Relative paths in the file are relative to the file.
-Writers (the sidecar, ``tenantserve keys``, ``fingerprint --pin``) hold ``RegistryLock`` from read to write, so two
-of them never lose each other's change.
+A change to a registry others may write goes through ``registry.update.update_registry`` (the sidecar,
+``tenantserve keys``, ``fingerprint --pin``): it holds ``RegistryLock`` from read to write, so two writers never
+lose each other's change, and re-validates before writing.
 """
 
 from __future__ import annotations
