@@ -11,10 +11,12 @@ Every writer (the sidecar's admin API, ``tenantserve keys``, ``fingerprint --pin
 6. translate an ``OSError`` once: ``RegistryWriteError`` (``registry_unwritable``; ``registry_locked`` when another
    writer holds the lock too long), HTTP 503 at the sidecar, exit 2 at the CLI.
 
-Why a write does not grow with the registry: the file is parsed once by libyaml (``yamlpos``), and ``render``
-rewrites only the sections and tenants that changed (``yamlkeep.splice_text``), each through a ruamel round trip of
-its own few lines; the whole-file ruamel round trip is only the fallback. The result is used only if it parses back
-to exactly the new registry (that check is a second libyaml parse); otherwise the file is written as plain YAML.
+Why a write costs about the same at 10 or 1,000 tenants (BENCHMARKS.md, "Registry writes"): the file is parsed once,
+by libyaml (``yamlpos``); ``render`` rewrites only the sections and tenants that changed (``yamlkeep.splice_text``),
+each through a ruamel round trip of its own few lines (the whole-file round trip is only the fallback); and the new
+text is checked by parsing just those regions when they are self-contained, else by parsing it all. What stays
+linear is validating the registry, before and after the change, and checking the result. A text is used only if
+it provably loads to exactly the new registry; otherwise the file is written as plain YAML.
 """
 
 from __future__ import annotations
