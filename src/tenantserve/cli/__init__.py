@@ -9,13 +9,31 @@ the work (``engine/``, ``admission/``, ``sidecar/``, ``planning/``, ``demo/``, `
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from tenantserve import __version__
 from tenantserve.errors import TenantserveError
 
 
+#: Every command, by name; each lives in ``tenantserve.cli.<name>`` as ``command``.
+COMMANDS = ("adapters", "check", "demo", "fingerprint", "keys", "launch", "plan", "sidecar", "simulate", "stamp",
+            "tenants", "up", "verify")
+
+
 class _Group(click.Group):
+    """Commands are imported when they run (click's lazy-loading pattern): ``tenantserve keys create`` does not pay
+    for the demo's OpenAI client or the sidecar's FastAPI app; ``--help`` imports them all to list them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        return importlib.import_module(f"tenantserve.cli.{cmd_name}").command
+
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
@@ -36,27 +54,3 @@ def main() -> None:
       tenantserve launch               run the engine from the registry (configs/adapters.yaml)
     """
 
-
-def _register() -> None:
-    from tenantserve.cli import (
-        adapters,
-        check,
-        demo,
-        fingerprint,
-        keys,
-        launch,
-        plan,
-        sidecar,
-        simulate,
-        stamp,
-        tenants,
-        up,
-        verify,
-    )
-
-    for module in (launch, demo, check, fingerprint, stamp, sidecar, up, tenants, adapters, keys, simulate, plan,
-                   verify):
-        main.add_command(module.command)
-
-
-_register()

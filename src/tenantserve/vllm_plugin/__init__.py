@@ -28,12 +28,14 @@ from types import ModuleType
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from tenantserve.settings import REGISTRY_ENV
-from tenantserve.vllm_plugin import cpu_lora_fix, defers, slot_order, slots
+from tenantserve.vllm_plugin import defers, slot_order, slots
 from tenantserve.vllm_plugin.labels import AdapterLabels
 from tenantserve.vllm_plugin.metrics import MULTIPROC_ENV, EngineMetrics
 from tenantserve.vllm_plugin.patching import is_wrapped, when_imported
 
 SCHEDULER_MODULE = "vllm.v1.core.sched.scheduler"
+#: Workers on CPU: vLLM's CPU LoRA ops (cpu_lora_fix).
+PUNICA_CPU_MODULE = "vllm.lora.punica_wrapper.punica_cpu"
 WORKER_MANAGER_MODULE = "vllm.lora.worker_manager"
 #: API server: where vLLM picks a request's adapter (tenantserve.middleware.adapter_guard).
 SERVING_MODULE = "vllm.entrypoints.serve.engine.serving"
@@ -79,10 +81,18 @@ class EnginePlugin:
             self.installed.append("worker")
 
     def hook(self) -> None:
-        when_imported(cpu_lora_fix.PUNICA_CPU_MODULE, cpu_lora_fix.install_everywhere)
+        when_imported(PUNICA_CPU_MODULE, _fix_cpu_lora_ops)
         when_imported(SCHEDULER_MODULE, self.attach_scheduler)
         when_imported(WORKER_MANAGER_MODULE, self.attach_worker)
         when_imported(SERVING_MODULE, _guard_adapter_selection)
+
+
+def _fix_cpu_lora_ops(module: ModuleType) -> None:
+    """Imported here, not with the package: the ops need torch, and importing ``vllm_plugin.patching`` (the
+    middleware, the CLI) must not cost torch's import."""
+    from tenantserve.vllm_plugin import cpu_lora_fix
+
+    cpu_lora_fix.install_everywhere(module)
 
 
 def _guard_adapter_selection(module: ModuleType) -> None:

@@ -42,13 +42,12 @@ from types import ModuleType
 from typing import Any
 
 from tenantserve.settings import CPU_LORA_OPS_ENV as MODE_ENV
-from tenantserve.vllm_plugin import lora_delta
+from tenantserve.vllm_plugin import PUNICA_CPU_MODULE, lora_delta  # noqa: F401 (PUNICA_CPU_MODULE: re-exported)
 from tenantserve.vllm_plugin.lora_delta import RowGroups
 from tenantserve.vllm_plugin.patching import is_wrapped, logger, mark_wrapped
 
 OPS_MODULE = "vllm.lora.ops.torch_ops.lora_ops"
 OPS_PACKAGE = "vllm.lora.ops.torch_ops"
-PUNICA_CPU_MODULE = "vllm.lora.punica_wrapper.punica_cpu"
 MODES = ("grouped", "masked", "stock")
 STEP_GROUPS_ATTR = "_tenantserve_row_groups"
 
