@@ -65,6 +65,20 @@ class ReconcileStatus:
 
 
 class Reconciler:
+    """Keeps the engine converged to the registry: a pass on start, every ``reconcile_interval`` seconds, when the
+    registry file changes, when the engine comes back healthy, and when a failed adapter's backoff expires
+    (``trigger``: a pass now).
+
+    Owns its background tasks (``start`` / ``stop``) and ``status`` (the last pass: result, plan, error, the engine's
+    health and proven identity; ``GET /admin/reconcile``). It loads and unloads adapters through ``EngineClient``,
+    each under the store's lock for that adapter's name, checks each with ``admit`` before a (re)load
+    (``AdminService.admit``), records states on the ``StatusBoard``, and never writes the registry.
+
+    Nothing escapes its loop: a pass's failures are counted, shown on the board and retried with backoff.
+    ``run_once`` returns the pass's result: ``ok``, ``error``, ``registry_invalid``, ``engine_down`` or
+    ``engine_unverified``.
+    """
+
     def __init__(self, store: RegistryStore, engine: EngineClient, board: StatusBoard, metrics: SidecarMetrics,
                  config: SidecarConfig, admit: Admit, *, content: ServedContent | None = None) -> None:
         self.store, self.engine, self.board, self.metrics, self.config = store, engine, board, metrics, config

@@ -26,6 +26,17 @@ log = logging.getLogger("tenantserve.sidecar")
 
 
 class RegistryStore:
+    """The sidecar's handle on the registry file at ``path``: every read and write of it in this process.
+
+    Owns the in-process locks (one serializing writes; one per adapter or tenant name, ``lock``, taken by admin
+    operations and the reconciler), the write ``generation`` (bumped by every write: a reader holding an older
+    registry re-reads) and the file's current ``error`` beside the ``last_good`` registry. Cheap to construct;
+    ``load`` and ``check`` do blocking I/O (run them in a thread), ``mutate`` runs its own in one.
+
+    Raises ``RegistryError`` (the file, or the registry a change would make, is invalid) and ``RegistryWriteError``
+    (503: the file cannot be written, or another writer holds its lock too long).
+    """
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._write_lock = asyncio.Lock()
