@@ -24,9 +24,9 @@ def test_simulator_agrees_with_the_engine_on_three_shapes(tmp_path: Path) -> Non
     results = list(against_engine(Registry.load(DEFAULT_REGISTRY), run, traces, tmp_path))
     assert len(results) == len(traces)
     for c in results:
-        assert not c.problems(), (c.label, c.engine, c.simulated)
+        assert not c.problems(), (c.trace, c.engine, c.simulated)
         # the traces make adapters contend: a trace that moved nothing would agree trivially
-        assert c.engine.misses > 2 and c.engine.evictions > 0 and c.engine.defers > 0, (c.label, c.engine)
-    uniform = [c.engine for c in results if c.label.startswith("uniform")]
-    burst = [c.engine for c in results if c.label.startswith("burst")]
+        assert c.engine.misses > 2 and c.engine.evictions > 0 and c.engine.defers > 0, (c.trace, c.engine)
+    uniform = [c.engine for c in results if c.trace.startswith("uniform")]
+    burst = [c.engine for c in results if c.trace.startswith("burst")]
     assert sum(e.misses for e in uniform) > sum(e.misses for e in burst)  # a moving small working set thrashes less

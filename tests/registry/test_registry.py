@@ -128,8 +128,8 @@ def test_reserved_tenant_ids_are_refused(write_registry, tenant_id: str) -> None
 
 def test_metric_placeholders_and_the_admin_label_are_reserved_ids() -> None:
     """Every label the middleware uses for non-tenants is a reserved id, so no tenant can be counted as one."""
-    from tenantserve.middleware.asgi import ANONYMOUS_LABEL, OTHER_LABEL
     from tenantserve.middleware.policy import ADMIN
+    from tenantserve.registry.metric_labels import ANONYMOUS_LABEL, OTHER_LABEL
     from tenantserve.registry.schema import RESERVED_TENANT_IDS
 
     assert {ANONYMOUS_LABEL, OTHER_LABEL, ADMIN.label} <= RESERVED_TENANT_IDS

@@ -16,7 +16,6 @@ import click
 from tenantserve import __version__
 from tenantserve.errors import TenantserveError
 
-
 #: Every command, by name; each lives in ``tenantserve.cli.<name>`` as ``command``.
 COMMANDS = ("adapters", "check", "demo", "fingerprint", "keys", "launch", "plan", "sidecar", "simulate", "stamp",
             "tenants", "up", "verify")

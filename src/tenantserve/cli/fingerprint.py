@@ -13,6 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from tenantserve.admission.fingerprint import Fingerprint, fingerprint, model_files
 from tenantserve.admission.fingerprint_cache import FingerprintCache
 from tenantserve.admission.served_base import pin_registry_text
+from tenantserve.cli.options import command_settings
 from tenantserve.errors import FingerprintError
 from tenantserve.registry.schema import Registry
 from tenantserve.registry.update import update_registry
@@ -71,9 +72,7 @@ def _pin(registry: Registry, fp: Fingerprint) -> None:
 
 
 def _registry(path: Path | None) -> Registry:
-    from tenantserve.settings import Settings
-
-    return Registry.load(path or Settings().registry)
+    return Registry.load(path or command_settings().registry)
 
 
 def _run(path: Path, cache: FingerprintCache, workers: int | None, *, show_progress: bool) -> Fingerprint:

@@ -56,11 +56,11 @@ def command(registry_path: Path | None, tenants: int | None, tenants_per_engine:
                                  param_hint="'--measure'")
     registry_values = None
     if registry_path is None:
-        shapes, base_bytes, label = llama2_7b_shapes(), LLAMA2_7B_BYTES, "Llama-2-7B (fp16)"
+        shapes, base_bytes, base_name = llama2_7b_shapes(), LLAMA2_7B_BYTES, "Llama-2-7B (fp16)"
     else:
         registry = Registry.load(registry_path)
         shapes, base_bytes = LinearShapes.from_model_dir(registry.base_path), bytes_on_disk(registry.base_path)
-        label = registry.base.name
+        base_name = registry.base.name
         registry_values = registry_plan_values(registry)
         _reconcile(console, registry, shapes)
     options = {"tenants": tenants, "tenants_per_engine": tenants_per_engine, "adapter_rank": rank,
@@ -79,7 +79,7 @@ def command(registry_path: Path | None, tenants: int | None, tenants_per_engine:
         inputs.add_row(key, ", ".join(value) if isinstance(value, tuple) else str(value), sourced.source)
     console.print(inputs)
     modules = "/".join(m.removesuffix("_proj") for m in v["target_modules"])  # type: ignore[attr-defined]
-    table = Table("line item", "value", title=f"{v['tenants']} tenants on {label}, {gpu_gib:g} GiB GPUs")
+    table = Table("line item", "value", title=f"{v['tenants']} tenants on {base_name}, {gpu_gib:g} GiB GPUs")
     table.add_row("base weights (one copy per engine)", human_bytes(base_bytes))
     table.add_row(f"one adapter (r={v['adapter_rank']}, {modules}, {v['dtype_bytes']} B/weight)",
                   f"{human_bytes(plan.adapter_bytes)} (1/{base_bytes / plan.adapter_bytes:.0f} of the base)")

@@ -76,8 +76,8 @@ def command(adapters: int | None, max_loras: int | None, max_cpu_loras: int | No
     traces = _traces(v, shapes, zipf, seeds, trace_path, step_ms)
     if record_dir is not None:
         record_dir.mkdir(parents=True, exist_ok=True)
-        for label, requests in traces:
-            dump_trace(requests, record_dir / f"{label.replace('/', '-')}.jsonl", step_ms / 1000)
+        for trace, requests in traces:
+            dump_trace(requests, record_dir / f"{trace.replace('/', '-')}.jsonl", step_ms / 1000)
     console = Console(width=max(Console().width, 150))
     if against_engine:
         ok = _against_engine(console, registry_path, v, traces)
@@ -113,11 +113,11 @@ def _simulated(console: Console, engine: Engine, adapters: int, traces: list[tup
                   "wait p50 (steps)", "wait p99 (steps)", "verdict",
                   title=f"{adapters} adapters on max_loras={engine.max_loras} (waits in scheduler steps)")
     reasons = []
-    for label, requests in traces:
+    for trace, requests in traces:
         r = simulate_requests(requests, engine)
         verdict, why = r.judge()
-        reasons.append(f"  {label}: {verdict}: {why}")
-        table.add_row(label, f"{r.hit_rate:.3f}", str(sum(r.misses.values())), str(r.evictions), str(r.disk_loads),
+        reasons.append(f"  {trace}: {verdict}: {why}")
+        table.add_row(trace, f"{r.hit_rate:.3f}", str(sum(r.misses.values())), str(r.evictions), str(r.disk_loads),
                       str(sum(r.defers.values())), f"{len(r.deferred_requests)}/{r.requests}",
                       f"{r.wait_quantile(0.5):.0f}", f"{r.wait_quantile(0.99):.0f}", verdict)
     console.print(table)
@@ -141,11 +141,11 @@ def _against_engine(console: Console, registry_path: Path, v: dict,
     failures = 0
     with tempfile.TemporaryDirectory(prefix="tenantserve-simulate-") as tmp:
         try:
-            for (label, requests), c in zip(traces, against_engine(source, run, traces, Path(tmp)), strict=False):
+            for (_, requests), c in zip(traces, against_engine(source, run, traces, Path(tmp)), strict=False):
                 e, s = c.engine, c.simulated
                 problems = c.problems()
                 failures += bool(problems)
-                table.add_row(label, str(len(requests)), f"{e.hit_rate:.3f} / {s.hit_rate:.3f}",
+                table.add_row(c.trace, str(len(requests)), f"{e.hit_rate:.3f} / {s.hit_rate:.3f}",
                               f"{e.hits} / {s.hits}", f"{e.misses} / {s.misses}", f"{e.evictions} / {s.evictions}",
                               f"{e.defers} / {s.defers}", f"{e.deferred_requests} / {s.deferred_requests}",
                               "yes" if not problems else "NO: " + "; ".join(problems))

@@ -64,7 +64,9 @@ class Counts:
 
 @dataclass(frozen=True)
 class Comparison:
-    label: str
+    """One trace, replayed on the engine and simulated: what each counted."""
+
+    trace: str
     engine: Counts
     simulated: Counts
 
@@ -159,9 +161,9 @@ class EngineReplay:
         self.order = set_order(hash_order(adapters + self.fillers, hash_seed))
         self.queue_seconds = queue_seconds
 
-    def compare(self, label: str, requests: Sequence[Request]) -> Comparison:
+    def compare(self, trace: str, requests: Sequence[Request]) -> Comparison:
         """Replay on the engine and in the simulator (same waves, same starting slots, same set order)."""
-        return Comparison(label, self.replay(requests), self.simulate(requests))
+        return Comparison(trace, self.replay(requests), self.simulate(requests))
 
     def simulate(self, requests: Sequence[Request]) -> Counts:
         state = SlotState.holding(self.fillers, self.adapters + self.fillers)
@@ -272,15 +274,15 @@ def rename(requests: Sequence[Request], names: Sequence[str]) -> list[Request]:
 
 def against_engine(source: Registry, run: EngineRun, traces: Sequence[tuple[str, Sequence[Request]]],
                    workdir: Path) -> Iterator[Comparison]:
-    """Start one engine for every trace (labelled), compare each, stop the engine. Raises ``TraceError`` (before
+    """Start one engine for every trace (named), compare each, stop the engine. Raises ``TraceError`` (before
     starting anything) for a trace with more adapters than the run serves, ``EngineError`` when the engine fails."""
     names = adapter_names(run.adapters)
-    renamed = [(label, rename(requests, names)) for label, requests in traces]
+    renamed = [(trace, rename(requests, names)) for trace, requests in traces]
     registry_path = build_registry(source, workdir, adapters=run.adapters, engine=run.engine)
     proc, url = start(registry_path, workdir / "engine.log")
     try:
         replay = EngineReplay(url, source.base.name, run.engine, names, queue_seconds=run.queue_seconds)
-        for label, requests in renamed:
-            yield replay.compare(label, requests)
+        for trace, requests in renamed:
+            yield replay.compare(trace, requests)
     finally:
         proc.stop()
