@@ -301,13 +301,7 @@ class Registry(_Strict):
     def load(cls, path: Path | str, *, check_paths: bool = True) -> Registry:
         """Read and validate a registry file; with ``check_paths``, every model directory must exist."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise RegistryError(f"{path}: registry file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RegistryError(f"{path}: cannot read registry: {exc}") from None
-        registry = cls.parse(text, source=str(path), root=path.parent)
+        registry = cls.parse(read_registry_text(path), source=str(path), root=path.parent)
         registry._source = path.resolve()
         if check_paths:
             registry.check_paths(source=str(path))
@@ -390,6 +384,16 @@ class RegistryLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def read_registry_text(path: Path) -> str:
+    """The registry file's text (UTF-8). Raises ``RegistryError`` naming the file: not found, unreadable, not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: registry file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: cannot read registry: {exc}") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

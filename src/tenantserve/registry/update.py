@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from tenantserve.errors import Reason, RegistryError
-from tenantserve.registry.schema import Registry, RegistryLock, atomic_write_text
+from tenantserve.registry.schema import Registry, RegistryLock, atomic_write_text, read_registry_text
 from tenantserve.registry.yamlkeep import Spliced, merge_text, splice_text
 from tenantserve.registry.yamlpos import YamlDocument
 
@@ -63,12 +63,7 @@ class LoadedRegistry:
     @classmethod
     def read(cls, path: Path) -> LoadedRegistry:
         """Read and validate ``path`` (model paths need not exist). ``RegistryError`` names the file and line."""
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise RegistryError(f"{path}: registry file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RegistryError(f"{path}: cannot read registry: {exc}") from None
+        text = read_registry_text(path)
         document = YamlDocument.parse(text, source=str(path), error=RegistryError)
         registry = Registry.from_document(document, source=str(path), root=path.parent)
         registry._source = path.resolve()
