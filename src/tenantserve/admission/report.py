@@ -56,7 +56,7 @@ def keyless_tenants(registry: Registry) -> tuple[str, ...]:
     if not registry.security.auth:
         return ()
     return tuple(f"tenant '{t.id}' has no API key: with security.auth on, no request can reach it "
-                 f"(`tenantserve keys create {t.id}`)" for t in registry.tenants
+                 f"(`tenantserve keys create --tenant {t.id}`)" for t in registry.tenants
                  if not any(not key.revoked for key in t.api_keys))
 
 
