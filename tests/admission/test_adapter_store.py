@@ -251,8 +251,31 @@ def test_store_location_and_cap_come_from_the_environment(tmp_path: Path) -> Non
     assert default_store_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/tenantserve/adapters")
     store = AdapterStore.default({"TENANTSERVE_ADAPTER_STORE": str(tmp_path), "TENANTSERVE_ADAPTER_MAX_BYTES": "5"})
     assert store.root == tmp_path and store.limits["adapter_model.safetensors"] == 5
-    with pytest.raises(AdapterStoreError):
-        AdapterStore.default({"TENANTSERVE_ADAPTER_MAX_BYTES": "lots"})
+    for bad in ("lots", "1e99", "0", "-1", "4 GiB"):
+        with pytest.raises(AdapterStoreError) as info:
+            AdapterStore.default({"TENANTSERVE_ADAPTER_MAX_BYTES": bad})
+        assert (info.value.code, info.value.exit_code) == ("store_config", 2), bad
+        assert f"TENANTSERVE_ADAPTER_MAX_BYTES={bad!r}" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["lots", "0", "-1"])
+def test_check_with_an_unusable_max_bytes_is_one_line_and_exit_2(tmp_path: Path, bad: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: ``store_config`` is exit 2, nothing judged (it was exit 3; 0 or -1 refused every adapter instead)."""
+    from click.testing import CliRunner
+
+    from tenantserve.cli import main
+    base = make_base(tmp_path / "base")
+    write_stamp(make_adapter(tmp_path / "a"), fingerprint(base).value)
+    path = tmp_path / "adapters.yaml"
+    path.write_text(json.dumps({"base": {"name": "tiny", "path": "base"}, "security": {"auth": False},
+                                "tenants": [{"id": "t", "adapters": [{"name": "a", "path": "a"}]}]}))
+    monkeypatch.setenv("TENANTSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TENANTSERVE_ADAPTER_MAX_BYTES", bad)
+    monkeypatch.setenv("TENANTSERVE_ADAPTER_STORE", str(tmp_path / "store"))
+    out = CliRunner().invoke(main, ["check", "--registry", str(path)])
+    assert out.exit_code == 2, out.output
+    assert "[store_config]" in out.output and "Traceback" not in out.output
 
 
 # -- copy, then admit the copy ---------------------------------------------------------------------------------------

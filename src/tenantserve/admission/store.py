@@ -53,6 +53,14 @@ class AdapterStoreError(TenantserveError):
     http_status = 503
 
 
+class StoreConfigError(AdapterStoreError):
+    """The store's settings cannot be used (``TENANTSERVE_ADAPTER_MAX_BYTES`` not a positive number of bytes): the
+    operator's to fix, exit 2 (README: "Errors and reason codes"), 503 at the sidecar."""
+
+    code = "store_config"
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class StoredAdapter:
     """One adapter's content in the store: where it is served from and what it is."""
@@ -89,7 +97,9 @@ class AdapterStore:
         try:
             max_weights = int(raw) if raw else MAX_WEIGHTS_BYTES
         except ValueError:
-            raise AdapterStoreError(f"{MAX_BYTES_ENV}={raw!r} is not a number of bytes", code="store_config") from None
+            raise StoreConfigError(f"{MAX_BYTES_ENV}={raw!r} is not a number of bytes") from None
+        if max_weights < 1:  # 0 or less would refuse every adapter, each with a message blaming the adapter
+            raise StoreConfigError(f"{MAX_BYTES_ENV}={raw!r}: the largest weights file must be at least 1 byte")
         return cls(default_store_dir(env), cache=cache, max_weights_bytes=max_weights)
 
     def path_for(self, fingerprint: str) -> Path:
