@@ -38,5 +38,8 @@ def proof(token: str, nonce: str, port: int) -> str:
 
 
 def verify(token: str, nonce: str, port: int, answer: object) -> bool:
-    """Does ``answer`` prove the token for this nonce and port? Constant-time comparison."""
-    return isinstance(answer, str) and hmac.compare_digest(proof(token, nonce, port), answer)
+    """Does ``answer`` prove the token for this nonce and port? Constant-time comparison. Never raises: an answer
+    that is not a string, or holds non-ASCII characters (``hmac.compare_digest`` raises TypeError on those), is no
+    proof (the server answering may be a squatter on the port)."""
+    return (isinstance(answer, str) and answer.isascii()
+            and hmac.compare_digest(proof(token, nonce, port), answer))
