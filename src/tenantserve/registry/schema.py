@@ -338,9 +338,10 @@ class Registry(_Strict):
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 text = None
-            atomic_write_text(path, render(self, old_text=text))
+            atomic_write_text(path, render(self, old_text=text), follow_symlink=True)
             return
-        atomic_write_text(path, render(self, old, old.registry.model_dump(mode="json", exclude_none=True)))
+        atomic_write_text(path, render(self, old, old.registry.model_dump(mode="json", exclude_none=True)),
+                          follow_symlink=True)
 
 
 class RegistryLock:
@@ -397,10 +398,15 @@ def read_registry_text(path: Path) -> str:
         raise RegistryError(f"{path}: cannot read registry: {exc}") from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, *, follow_symlink: bool = False) -> None:
     """Replace ``path`` with ``text`` (UTF-8) by rename: a reader sees the old file or the new one, never a part.
     An existing file keeps its permission bits (a registry the engine's user reads stays readable to it; the
-    temporary file alone would be 0600); a new file is 0600. Raises ``OSError`` (not writable, disk full)."""
+    temporary file alone would be 0600); a new file is 0600. ``follow_symlink`` (the operator's registry only):
+    a symlink is written through, its target replaced and the link kept (a registry linked from a deployed config
+    directory keeps being that file); otherwise the link itself is replaced (a file in a tenant's folder must never
+    redirect a write elsewhere). Raises ``OSError`` (not writable, disk full)."""
+    if follow_symlink and os.path.islink(path):
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode: int | None = stat.S_IMODE(os.stat(path).st_mode)

@@ -111,7 +111,7 @@ def _update_locked(path: Path, change: Callable[[Registry], T], edit_text: Calla
     new = validated(loaded.registry)
     text = render(new, loaded, before, edit_text=edit_text)
     try:
-        atomic_write_text(path, text)
+        atomic_write_text(path, text, follow_symlink=True)
     except OSError as exc:
         raise RegistryWriteError(f"cannot write the registry {path}: {exc.strerror or exc}; nothing changed",
                                  code=Reason.REGISTRY_UNWRITABLE) from None
