@@ -73,9 +73,19 @@ def test_without_follow_symlink_a_link_is_replaced_never_written_through(tmp_pat
     to another file: there the link itself is replaced and its target is untouched."""
     victim = tmp_path / "victim.json"
     victim.write_text("precious\n")
+    victim.chmod(0o4755)
     planted = tmp_path / "tenant" / "tenantserve-base.json"
     planted.parent.mkdir()
     planted.symlink_to(victim)
     atomic_write_text(planted, "{}\n")
     assert victim.read_text() == "precious\n"
     assert not planted.is_symlink() and planted.read_text() == "{}\n"
+    assert mode_of(planted) == 0o600  # not the target's mode
+
+
+def test_special_bits_are_not_copied(tmp_path: Path) -> None:
+    path = tmp_path / "adapters.yaml"
+    path.write_text(REGISTRY)
+    path.chmod(0o6755)
+    atomic_write_text(path, REGISTRY)
+    assert mode_of(path) == 0o755

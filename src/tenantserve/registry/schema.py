@@ -400,8 +400,8 @@ def read_registry_text(path: Path) -> str:
 
 def atomic_write_text(path: Path, text: str, *, follow_symlink: bool = False) -> None:
     """Replace ``path`` with ``text`` (UTF-8) by rename: a reader sees the old file or the new one, never a part.
-    An existing file keeps its permission bits (a registry the engine's user reads stays readable to it; the
-    temporary file alone would be 0600); a new file is 0600. ``follow_symlink`` (the operator's registry only):
+    An existing regular file keeps its read/write/execute bits (a registry the engine's user reads stays readable
+    to it; the temporary file alone would be 0600); a new file, or one that was a link, is 0600. ``follow_symlink`` (the operator's registry only):
     a symlink is written through, its target replaced and the link kept (a registry linked from a deployed config
     directory keeps being that file); otherwise the link itself is replaced (a file in a tenant's folder must never
     redirect a write elsewhere). Raises ``OSError`` (not writable, disk full)."""
@@ -409,7 +409,8 @@ def atomic_write_text(path: Path, text: str, *, follow_symlink: bool = False) ->
         path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+        st = os.lstat(path)  # a link still here is replaced, not followed: its target's mode is not copied
+        mode: int | None = stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode) else None
     except FileNotFoundError:
         mode = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
