@@ -401,10 +401,11 @@ def read_registry_text(path: Path) -> str:
 def atomic_write_text(path: Path, text: str, *, follow_symlink: bool = False) -> None:
     """Replace ``path`` with ``text`` (UTF-8) by rename: a reader sees the old file or the new one, never a part.
     An existing regular file keeps its read/write/execute bits (a registry the engine's user reads stays readable
-    to it; the temporary file alone would be 0600); a new file, or one that was a link, is 0600. ``follow_symlink`` (the operator's registry only):
-    a symlink is written through, its target replaced and the link kept (a registry linked from a deployed config
-    directory keeps being that file); otherwise the link itself is replaced (a file in a tenant's folder must never
-    redirect a write elsewhere). Raises ``OSError`` (not writable, disk full)."""
+    to it; the temporary file alone would be 0600); a new file, or one that was a link, is 0600.
+    ``follow_symlink`` (the operator's registry only): a symlink is written through, its target replaced and the
+    link kept (a registry linked from a deployed config directory keeps being that file); otherwise the link itself
+    is replaced (a file in a tenant's folder must never redirect a write elsewhere). Raises ``OSError`` (not
+    writable, disk full)."""
     if follow_symlink and os.path.islink(path):
         path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
